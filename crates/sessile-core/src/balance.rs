@@ -1,0 +1,98 @@
+//! Load balancing: weighted backend choice and round-robin endpoint choice that skips the ineligible.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, Rule, WeightedBackend};
+
+/// A fast per-thread pseudo-random source for weighted picks (not for secrets).
+pub fn roll(bound: u64) -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    if bound == 0 {
+        return 0;
+    }
+    STATE.with(|s| {
+        // splitmix64
+        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z as u128 * bound as u128) >> 64) as u64
+    })
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    t ^ (&local as *const u8 as u64).rotate_left(32)
+}
+
+/// Picks a backendRef of `rule` by weight, skipping `exclude` (backends already found empty).
+pub fn pick_backend<'r>(rule: &'r Rule, roll_fn: impl FnOnce(u64) -> u64) -> Option<&'r WeightedBackend> {
+    rule.pick_weighted(roll_fn(rule.total_weight))
+}
+
+/// Picks a ready endpoint of `backend` round-robin, skipping those `usable` rejects.
+/// Draining endpoints never receive new sessions or new unpinned traffic.
+pub fn pick_endpoint<'b>(backend: &'b Backend, mut usable: impl FnMut(SocketAddr) -> bool) -> Option<&'b Endpoint> {
+    let n = backend.endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    let start = backend.next_start();
+    (0..n)
+        .map(|i| &backend.endpoints[(start + i) % n])
+        .find(|e| e.state == EndpointState::Ready && usable(e.addr))
+}
+
+/// Convenience: the `Backend` of a weighted backendRef, if it resolved.
+pub fn service(b: &WeightedBackend) -> Option<&Backend> {
+    match &b.target {
+        BackendTarget::Service(s) => Some(s),
+        BackendTarget::Invalid { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UpstreamProtocol;
+
+    fn ep(port: u16, state: EndpointState) -> Endpoint {
+        Endpoint { addr: SocketAddr::from(([127, 0, 0, 1], port)), identity: String::new(), identity_hash: port as u64, state }
+    }
+
+    #[test]
+    fn round_robin_skips_draining_and_unusable() {
+        let b = Backend::new(
+            "ns/s:80".into(),
+            1,
+            UpstreamProtocol::Http1,
+            vec![ep(1, EndpointState::Ready), ep(2, EndpointState::Draining), ep(3, EndpointState::Ready)],
+        );
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(pick_endpoint(&b, |_| true).unwrap().addr.port());
+        }
+        assert!(!seen.contains(&2));
+        assert!(seen.contains(&1) && seen.contains(&3));
+        for _ in 0..6 {
+            assert_eq!(pick_endpoint(&b, |a| a.port() != 1).unwrap().addr.port(), 3);
+        }
+        assert!(pick_endpoint(&b, |_| false).is_none());
+    }
+
+    #[test]
+    fn roll_is_bounded_and_spread() {
+        let mut counts = [0u32; 10];
+        for _ in 0..10_000 {
+            let r = roll(10);
+            assert!(r < 10);
+            counts[r as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
+    }
+}

@@ -1,0 +1,381 @@
+//! Route matching: compiled HTTPRoute/GRPCRoute matches, ordered by Gateway API precedence.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+use serde::Serialize;
+
+use crate::hostname::HostPattern;
+use crate::model::Rule;
+
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise prefix, stored without a trailing slash (except `/`).
+    Prefix(String),
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+impl PathMatch {
+    pub fn prefix(p: &str) -> PathMatch {
+        let trimmed = p.trim_end_matches('/');
+        PathMatch::Prefix(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                p == "/" || (path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+
+    /// The literal prefix (for `ReplacePrefixMatch`), if this is a prefix match.
+    pub fn literal_prefix(&self) -> Option<&str> {
+        match self {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(v) => v == value,
+            StringMatch::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "ser_header_name")]
+    pub name: HeaderName,
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// One `matches[]` entry of a rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestMatch {
+    pub path: PathMatch,
+    #[serde(serialize_with = "ser_method")]
+    pub method: Option<Method>,
+    pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
+}
+
+impl RequestMatch {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if !self.path.matches(req.path) {
+            return false;
+        }
+        if let Some(m) = &self.method
+            && m != req.method
+        {
+            return false;
+        }
+        for h in &self.headers {
+            // Multiple values of one header are matched as the first value, like most proxies.
+            let Some(value) = req.headers.get(&h.name).and_then(|v| v.to_str().ok()) else { return false };
+            if !h.value.matches(value) {
+                return false;
+            }
+        }
+        for q in &self.query {
+            let Some(value) = query_value(req.query, &q.name) else { return false };
+            if !q.value.matches(&value) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What matching looks at in a request.
+pub struct RequestView<'a> {
+    /// Lowercase host without port.
+    pub host: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// The precedence key of a match (Gateway API HTTPRoute rules): the smaller key wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MatchSummary {
+    /// 2 Exact, 1 RegularExpression, 0 PathPrefix.
+    pub path_kind: u8,
+    pub path_len: usize,
+    pub has_method: bool,
+    pub headers: usize,
+    pub query: usize,
+    /// Route `creationTimestamp` as seconds since the epoch (older wins).
+    pub route_created: i64,
+    /// `namespace/name` (alphabetical wins).
+    pub route_key: String,
+    pub rule_index: usize,
+    pub match_index: usize,
+}
+
+impl MatchSummary {
+    pub fn new(m: &RequestMatch, route_created: i64, route_key: String, rule_index: usize, match_index: usize) -> Self {
+        let (path_kind, path_len) = match &m.path {
+            PathMatch::Exact(p) => (2, p.len()),
+            PathMatch::Regex(r) => (1, r.as_str().len()),
+            PathMatch::Prefix(p) => (0, p.len()),
+        };
+        MatchSummary {
+            path_kind,
+            path_len,
+            has_method: m.method.is_some(),
+            headers: m.headers.len(),
+            query: m.query.len(),
+            route_created,
+            route_key,
+            rule_index,
+            match_index,
+        }
+    }
+}
+
+impl Ord for MatchSummary {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // More specific first (reverse), then older, then alphabetical, then declaration order.
+        other
+            .path_kind
+            .cmp(&self.path_kind)
+            .then(other.path_len.cmp(&self.path_len))
+            .then(other.has_method.cmp(&self.has_method))
+            .then(other.headers.cmp(&self.headers))
+            .then(other.query.cmp(&self.query))
+            .then(self.route_created.cmp(&other.route_created))
+            .then(self.route_key.cmp(&other.route_key))
+            .then(self.rule_index.cmp(&other.rule_index))
+            .then(self.match_index.cmp(&other.match_index))
+    }
+}
+
+impl PartialOrd for MatchSummary {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A compiled match bound to the rule it leads to.
+#[derive(Debug, Serialize)]
+pub struct MatchEntry {
+    pub summary: MatchSummary,
+    pub request_match: RequestMatch,
+    #[serde(serialize_with = "ser_rule_label")]
+    pub rule: Arc<Rule>,
+    /// Gateway listener names (sectionName) the route attached through, for logs and 421 checks.
+    pub listeners: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct HostRoutes {
+    pattern: Option<HostPattern>,
+    entries: Vec<MatchEntry>,
+}
+
+/// All routes of one port, indexed by hostname and sorted by precedence.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    exact: HashMap<String, HostRoutes>,
+    /// Wildcards, longest suffix first.
+    wildcard: Vec<HostRoutes>,
+    any: HostRoutes,
+}
+
+impl RouteTable {
+    /// Builds the table from `(effective hostname, entry)` pairs.
+    pub fn build(entries: Vec<(HostPattern, MatchEntry)>) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (host, entry) in entries {
+            match &host {
+                HostPattern::Exact(h) => table.exact.entry(h.clone()).or_default().entries.push(entry),
+                HostPattern::Wildcard(_) => match table.wildcard.iter_mut().find(|w| w.pattern.as_ref() == Some(&host)) {
+                    Some(w) => w.entries.push(entry),
+                    None => table.wildcard.push(HostRoutes { pattern: Some(host.clone()), entries: vec![entry] }),
+                },
+                HostPattern::Any => table.any.entries.push(entry),
+            }
+        }
+        for (h, routes) in table.exact.iter_mut() {
+            routes.pattern = Some(HostPattern::Exact(h.clone()));
+        }
+        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.pattern.as_ref().map_or(0, |p| p.specificity().1)));
+        for routes in table.exact.values_mut().chain(table.wildcard.iter_mut()).chain(std::iter::once(&mut table.any)) {
+            routes.entries.sort_by(|a, b| a.summary.cmp(&b.summary));
+        }
+        table
+    }
+
+    /// The winning match for a request: most specific hostname first, then match precedence.
+    pub fn lookup(&self, req: &RequestView<'_>) -> Option<&MatchEntry> {
+        let exact = self.exact.get(req.host).into_iter();
+        let wild = self.wildcard.iter().filter(|w| w.pattern.as_ref().is_some_and(|p| p.matches(req.host)));
+        exact
+            .chain(wild)
+            .chain(std::iter::once(&self.any))
+            .find_map(|routes| routes.entries.iter().find(|e| e.request_match.matches(req)))
+    }
+
+    /// Whether any route serves this host (for 404 vs. other answers and for `explain`).
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.entries.is_empty()
+    }
+
+    /// Every distinct rule in the table.
+    pub fn rules(&self) -> Vec<Arc<Rule>> {
+        let mut out: Vec<Arc<Rule>> = Vec::new();
+        for routes in self.exact.values().chain(self.wildcard.iter()).chain(std::iter::once(&self.any)) {
+            for e in &routes.entries {
+                if !out.iter().any(|r| Arc::ptr_eq(r, &e.rule)) {
+                    out.push(e.rule.clone());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.values().chain(self.wildcard.iter()).map(|r| r.entries.len()).sum::<usize>() + self.any.entries.len()
+    }
+}
+
+fn ser_regex<S: serde::Serializer>(re: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(re.as_str())
+}
+
+fn ser_header_name<S: serde::Serializer>(name: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name.as_str())
+}
+
+fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_str(m.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_rule_label<S: serde::Serializer>(rule: &Arc<Rule>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rule.label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_element_wise() {
+        let p = PathMatch::prefix("/foo");
+        assert!(p.matches("/foo"));
+        assert!(p.matches("/foo/"));
+        assert!(p.matches("/foo/bar"));
+        assert!(!p.matches("/foobar"));
+        let slash = PathMatch::prefix("/foo/");
+        assert!(slash.matches("/foo"));
+        assert!(slash.matches("/foo/bar"));
+        assert!(!slash.matches("/foobar"));
+        assert!(PathMatch::prefix("/").matches("/anything"));
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(query_value(Some("a=1&b=x%20y"), "b").as_deref(), Some("x y"));
+        assert_eq!(query_value(Some("a=1&a=2"), "a").as_deref(), Some("1"));
+        assert_eq!(query_value(Some("flag"), "flag").as_deref(), Some(""));
+        assert_eq!(query_value(Some("bad=%zz%"), "bad").as_deref(), Some("%zz%"));
+        assert_eq!(query_value(None, "a"), None);
+    }
+
+    fn summary(path: PathMatch, method: bool, headers: usize, created: i64, key: &str, rule: usize) -> MatchSummary {
+        let m = RequestMatch {
+            path,
+            method: method.then_some(Method::GET),
+            headers: (0..headers)
+                .map(|i| HeaderMatch { name: HeaderName::from_bytes(format!("h{i}").as_bytes()).unwrap(), value: StringMatch::Exact("v".into()) })
+                .collect(),
+            query: vec![],
+        };
+        MatchSummary::new(&m, created, key.into(), rule, 0)
+    }
+
+    #[test]
+    fn precedence_order() {
+        let exact = summary(PathMatch::Exact("/a".into()), false, 0, 10, "ns/z", 0);
+        let long_prefix = summary(PathMatch::prefix("/a/b"), false, 0, 10, "ns/z", 0);
+        let short_prefix = summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 0);
+        let with_method = summary(PathMatch::prefix("/a"), true, 0, 10, "ns/z", 0);
+        let with_headers = summary(PathMatch::prefix("/a"), true, 2, 10, "ns/z", 0);
+        let older = summary(PathMatch::prefix("/a"), false, 0, 5, "ns/z", 0);
+        let alpha = summary(PathMatch::prefix("/a"), false, 0, 10, "ns/a", 0);
+        assert!(exact < long_prefix);
+        assert!(long_prefix < short_prefix);
+        assert!(with_headers < with_method);
+        assert!(with_method < short_prefix);
+        assert!(older < short_prefix);
+        assert!(alpha < short_prefix);
+        assert!(summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 0) < summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 1));
+    }
+}
