@@ -142,8 +142,9 @@ impl Loader {
             return Err((None, "apiVersion and kind are required".into()));
         }
         let meta: Meta = match map.get("metadata") {
-            Some(m) => serde_json::from_value(m.clone())
-                .map_err(|e| (Some(kind.clone()), format!("field metadata: {e}")))?,
+            Some(m) => {
+                serde_json::from_value(m.clone()).map_err(|e| (Some(kind.clone()), format!("field metadata: {e}")))?
+            }
             None => Meta::default(),
         };
         let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
@@ -158,7 +159,14 @@ impl Loader {
             None => *self.first_seen.entry(format!("{kind}/{namespace}/{}", meta.name)).or_insert(now),
         };
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        let head = Head { api_version: &api_version, kind: &kind, meta: &meta, namespace: &namespace, created, origin: &origin };
+        let head = Head {
+            api_version: &api_version,
+            kind: &kind,
+            meta: &meta,
+            namespace: &namespace,
+            created,
+            origin: &origin,
+        };
         let fail = |e: String| (object.clone(), e);
         match (group, kind.as_str()) {
             ("gateway.networking.k8s.io", "GatewayClass") => {
@@ -184,9 +192,13 @@ impl Loader {
                     .map_err(fail)?;
                 out.policies.push(head.object(spec_of::<PolicySpec>(&value).map_err(fail)?))
             }
-            ("", "Service") => out.services.push(head.object(whole::<k8s_openapi::api::core::v1::Service>(&value).map_err(fail)?)),
+            ("", "Service") => {
+                out.services.push(head.object(whole::<k8s_openapi::api::core::v1::Service>(&value).map_err(fail)?))
+            }
             ("", "Secret") => out.secrets.push(head.object(whole(&value).map_err(fail)?)),
-            ("discovery.k8s.io", "EndpointSlice") => out.endpoint_slices.push(head.object(whole(&value).map_err(fail)?)),
+            ("discovery.k8s.io", "EndpointSlice") => {
+                out.endpoint_slices.push(head.object(whole(&value).map_err(fail)?))
+            }
             _ => return Err((object, format!("unsupported kind {kind} in {api_version}; this document is ignored"))),
         }
         Ok(())

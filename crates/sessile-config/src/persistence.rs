@@ -182,7 +182,9 @@ mod tests {
 
     #[test]
     fn invalid_shapes() {
-        assert!(err(json!({"cookieConfig": {"lifetimeType": "Permanent"}})).contains("AbsoluteTimeout must be specified"));
+        assert!(
+            err(json!({"cookieConfig": {"lifetimeType": "Permanent"}})).contains("AbsoluteTimeout must be specified")
+        );
         assert!(err(json!({"type": "Header", "cookieConfig": {}})).contains("sp.cookieConfig"));
         assert!(err(json!({"type": "Cookie", "header": {"name": "x"}})).contains("sp.header"));
         assert!(err(json!({"type": "Sticky"})).contains("sp.type"));

@@ -88,7 +88,14 @@ pub struct StatusMeta {
 }
 
 /// A route parent or policy ancestor reference in status form.
-pub fn parent_ref_json(group: &str, kind: &str, namespace: &str, name: &str, section: Option<&str>, port: Option<i32>) -> Value {
+pub fn parent_ref_json(
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    section: Option<&str>,
+    port: Option<i32>,
+) -> Value {
     let mut v = json!({"group": group, "kind": kind, "namespace": namespace, "name": name});
     if let Some(s) = section {
         v["sectionName"] = json!(s);

@@ -66,6 +66,18 @@ pub fn translate(res: &Resources, opts: &TranslateOptions) -> Translation {
     Translator::new(res, opts).run()
 }
 
+/// A backendRef that did not resolve: (status reason, message).
+type Unresolved = (String, String);
+/// A route's rules after compilation: valid rules, "Dropped Rule" messages, unresolved backendRefs.
+type CompiledRoute = (Vec<CompiledRule>, Vec<String>, Vec<Unresolved>);
+type BackendResult = Result<Arc<Backend>, Unresolved>;
+/// (route index, rule index).
+type RuleKey = (usize, usize);
+/// Per rule: its session policy, none, or `Err` when the rule lost a name conflict and is dropped.
+type ScopedSessions = HashMap<RuleKey, Result<Option<Arc<SessionPolicy>>, String>>;
+/// A scope: its config, source, name claim and the rules that use it.
+type ScopeEntry = (PersistenceSpec, SessionSource, Claim, Vec<RuleKey>);
+
 /// A listener after validation.
 struct ListenerCtx {
     gateway: usize,
@@ -140,7 +152,7 @@ struct Translator<'a> {
     gateway_ours: Vec<bool>,
     listeners: Vec<ListenerCtx>,
     gateway_conditions: Vec<Conditions>,
-    backends: HashMap<(String, i32, bool), Result<Arc<Backend>, (String, String)>>,
+    backends: HashMap<(String, i32, bool), BackendResult>,
     /// Policies: validated spec or the invalid message; and the winning policy per Service.
     policy_specs: Vec<Result<PersistenceSpec, String>>,
     policy_for_service: HashMap<String, usize>,
@@ -189,7 +201,11 @@ impl<'a> Translator<'a> {
         self.statuses.push(ResourceStatus {
             api_version: obj.api_version.clone(),
             kind: obj.kind.clone(),
-            metadata: StatusMeta { namespace: obj.namespace.clone(), name: obj.meta.name.clone(), generation: obj.generation() },
+            metadata: StatusMeta {
+                namespace: obj.namespace.clone(),
+                name: obj.meta.name.clone(),
+                generation: obj.generation(),
+            },
             status,
             healthy,
         });
@@ -240,7 +256,8 @@ impl<'a> Translator<'a> {
                         address_error = Some(format!("spec.addresses[{ai}].value is not an IP address"));
                     }
                     (other, _) => {
-                        address_error = Some(format!("spec.addresses[{ai}].type {other:?} is not supported; use IPAddress"))
+                        address_error =
+                            Some(format!("spec.addresses[{ai}].type {other:?} is not supported; use IPAddress"))
                     }
                 }
             }
@@ -264,7 +281,12 @@ impl<'a> Translator<'a> {
                     if valid == total {
                         gc.set("Accepted", true, "Accepted", "Gateway accepted");
                     } else {
-                        gc.set("Accepted", true, "ListenersNotValid", format!("{} of {total} listeners are invalid", total - valid));
+                        gc.set(
+                            "Accepted",
+                            true,
+                            "ListenersNotValid",
+                            format!("{} of {total} listeners are invalid", total - valid),
+                        );
                     }
                     if valid > 0 {
                         gc.set("Programmed", true, "Programmed", "Gateway is programmed");
@@ -316,7 +338,12 @@ impl<'a> Translator<'a> {
         c.set("Conflicted", false, "NoConflicts", "no conflicts");
         c.set("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
         if protocol.is_none() {
-            c.set("Accepted", false, "UnsupportedProtocol", format!("protocol {} is not supported; use HTTP or HTTPS", l.protocol));
+            c.set(
+                "Accepted",
+                false,
+                "UnsupportedProtocol",
+                format!("protocol {} is not supported; use HTTP or HTTPS", l.protocol),
+            );
             programmed = false;
         }
         if !(1..=65535).contains(&l.port) {
@@ -324,7 +351,12 @@ impl<'a> Translator<'a> {
             programmed = false;
         }
         if !invalid_kinds.is_empty() {
-            c.set("ResolvedRefs", false, "InvalidRouteKinds", format!("unsupported route kinds: {}", invalid_kinds.join(", ")));
+            c.set(
+                "ResolvedRefs",
+                false,
+                "InvalidRouteKinds",
+                format!("unsupported route kinds: {}", invalid_kinds.join(", ")),
+            );
             if allowed_kinds.is_empty() {
                 programmed = false;
             }
@@ -380,7 +412,10 @@ impl<'a> Translator<'a> {
             }
             let ns = r.namespace.clone().unwrap_or_else(|| gw.namespace.clone());
             if ns != gw.namespace && !self.reference_granted("Gateway", &gw.namespace, "", "Secret", &ns, &r.name) {
-                return Err(format!("{field}: Secret {ns}/{} is in another namespace and no ReferenceGrant allows it", r.name));
+                return Err(format!(
+                    "{field}: Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                    r.name
+                ));
             }
             let secret = self
                 .res
@@ -389,13 +424,9 @@ impl<'a> Translator<'a> {
                 .find(|s| s.namespace == ns && s.meta.name == r.name)
                 .ok_or_else(|| format!("{field}: Secret {ns}/{} not found", r.name))?;
             let get = |key: &str| -> Option<Vec<u8>> {
-                secret
-                    .spec
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|b| b.0.clone())
-                    .or_else(|| secret.spec.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.as_bytes().to_vec()))
+                secret.spec.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone()).or_else(|| {
+                    secret.spec.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.as_bytes().to_vec())
+                })
             };
             let (Some(cert_pem), Some(key_pem)) = (get("tls.crt"), get("tls.key")) else {
                 return Err(format!("{field}: Secret {ns}/{} must hold tls.crt and tls.key", r.name));
@@ -448,10 +479,16 @@ impl<'a> Translator<'a> {
                 if l.programmed {
                     l.conditions.set("Programmed", true, "Programmed", "listener is programmed");
                 } else {
-                    l.conditions.set("Programmed", false, "Invalid", "listener is not programmed; see the other conditions");
+                    l.conditions.set(
+                        "Programmed",
+                        false,
+                        "Invalid",
+                        "listener is not programmed; see the other conditions",
+                    );
                 }
                 healthy &= l.conditions.healthy();
-                let kinds: Vec<Value> = l.allowed_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect();
+                let kinds: Vec<Value> =
+                    l.allowed_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect();
                 listeners.push(json!({
                     "name": l.name,
                     "supportedKinds": kinds,
@@ -466,17 +503,32 @@ impl<'a> Translator<'a> {
 
     // ---- References, Services and endpoints -----------------------------------------------------
 
-    fn reference_granted(&self, from_kind: &str, from_ns: &str, to_group: &str, to_kind: &str, to_ns: &str, to_name: &str) -> bool {
+    fn reference_granted(
+        &self,
+        from_kind: &str,
+        from_ns: &str,
+        to_group: &str,
+        to_kind: &str,
+        to_ns: &str,
+        to_name: &str,
+    ) -> bool {
         self.res.reference_grants.iter().filter(|g| g.namespace == to_ns).any(|g| {
             g.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns)
-                && g.spec.to.iter().any(|t| {
-                    t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)
-                })
+                && g.spec
+                    .to
+                    .iter()
+                    .any(|t| t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name))
         })
     }
 
     /// Resolves a Service port to a backend (cached, so every rule shares one `Backend`).
-    fn service_backend(&mut self, ns: &str, name: &str, port: i32, grpc: bool) -> Result<Arc<Backend>, (String, String)> {
+    fn service_backend(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: i32,
+        grpc: bool,
+    ) -> Result<Arc<Backend>, (String, String)> {
         let key = (format!("{ns}/{name}"), port, grpc);
         if let Some(b) = self.backends.get(&key) {
             return b.clone();
@@ -538,11 +590,8 @@ impl<'a> Translator<'a> {
                     continue;
                 };
                 let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
-                let identity = ep
-                    .target_ref
-                    .as_ref()
-                    .and_then(|t| t.uid.clone().or_else(|| t.name.clone()))
-                    .unwrap_or_default();
+                let identity =
+                    ep.target_ref.as_ref().and_then(|t| t.uid.clone().or_else(|| t.name.clone())).unwrap_or_default();
                 let addr = SocketAddr::new(ip, target_port);
                 if endpoints.iter().any(|e| e.addr == addr) {
                     continue;
@@ -620,7 +669,12 @@ impl<'a> Translator<'a> {
                     if let Err(msg) = &self.policy_specs[pi] {
                         c.set("Accepted", false, "Invalid", msg.clone());
                     } else if targets_found.is_empty() {
-                        c.set("Accepted", false, "TargetNotFound", "none of spec.targetRefs names an existing Service in this namespace");
+                        c.set(
+                            "Accepted",
+                            false,
+                            "TargetNotFound",
+                            "none of spec.targetRefs names an existing Service in this namespace",
+                        );
                     } else if let Some(conflict) = notes.iter().find(|n| n.starts_with("Conflicted: ")) {
                         c.set("Accepted", false, "Conflicted", conflict.trim_start_matches("Conflicted: ").to_string());
                     } else {
@@ -650,7 +704,7 @@ impl<'a> Translator<'a> {
     fn routes(&mut self, entries: &mut BTreeMap<SocketAddr, Vec<(HostPattern, MatchEntry)>>) {
         let res = self.res;
         // Compile every route's rules once; collect attachments per gateway.
-        let mut compiled: Vec<(Vec<CompiledRule>, Vec<String>, Vec<(String, String)>)> = Vec::new();
+        let mut compiled: Vec<CompiledRoute> = Vec::new();
         let mut route_parents: Vec<Vec<(Value, Conditions)>> = Vec::new();
         let mut attachments: Vec<Attachment> = Vec::new();
         for (ri, route) in res.routes.iter().enumerate() {
@@ -678,7 +732,11 @@ impl<'a> Translator<'a> {
             let scoped = self.scope_sessions(gi, &gw_attachments, &compiled);
             for a in &gw_attachments {
                 let route = &res.routes[a.route];
-                let route_ref = Arc::new(RouteRef { kind: route.kind.clone(), namespace: route.namespace.clone(), name: route.meta.name.clone() });
+                let route_ref = Arc::new(RouteRef {
+                    kind: route.kind.clone(),
+                    namespace: route.namespace.clone(),
+                    name: route.meta.name.clone(),
+                });
                 for rule in &compiled[a.route].0 {
                     let session = match scoped.get(&(a.route, rule.index)) {
                         Some(Ok(policy)) => policy.clone(),
@@ -742,7 +800,9 @@ impl<'a> Translator<'a> {
                     }
                 }
                 healthy &= c.healthy();
-                parents_json.push(json!({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": c.to_json()}));
+                parents_json.push(
+                    json!({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": c.to_json()}),
+                );
             }
             let status = json!({"parents": parents_json});
             self.push_status(route, status, healthy);
@@ -767,7 +827,12 @@ impl<'a> Translator<'a> {
         let status_ref = parent_ref_json(group, kind, &ns, &pref.name, pref.section_name.as_deref(), pref.port);
         let mut c = Conditions::new(route.generation(), &self.opts.now);
         if group != GATEWAY_GROUP || kind != "Gateway" {
-            c.set("Accepted", false, "NoMatchingParent", format!("parentRef kind {group}/{kind} is not supported; use a Gateway"));
+            c.set(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                format!("parentRef kind {group}/{kind} is not supported; use a Gateway"),
+            );
             return Some((status_ref, c, None));
         }
         let Some(gi) = self.parent_gateway(route, pref) else {
@@ -809,7 +874,15 @@ impl<'a> Translator<'a> {
             })
             .collect();
         if allowed.is_empty() {
-            c.set("Accepted", false, "NotAllowedByListeners", format!("no listener of Gateway {ns}/{} allows {} from namespace {}", pref.name, route.kind, route.namespace));
+            c.set(
+                "Accepted",
+                false,
+                "NotAllowedByListeners",
+                format!(
+                    "no listener of Gateway {ns}/{} allows {} from namespace {}",
+                    pref.name, route.kind, route.namespace
+                ),
+            );
             return Some((status_ref, c, None));
         }
         let route_hosts: Vec<HostPattern> = if route.spec.hostnames.is_empty() {
@@ -835,7 +908,12 @@ impl<'a> Translator<'a> {
             }
         }
         if listeners.is_empty() {
-            c.set("Accepted", false, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames");
+            c.set(
+                "Accepted",
+                false,
+                "NoMatchingListenerHostname",
+                "no listener hostname intersects the route's hostnames",
+            );
             return Some((status_ref, c, None));
         }
         for &li in &listeners {
@@ -848,7 +926,7 @@ impl<'a> Translator<'a> {
     }
 
     /// Compiles a route's rules: (valid rules, "Dropped Rule" messages, unresolved backendRefs).
-    fn compile_rules(&mut self, route: &Object<RouteSpec>) -> (Vec<CompiledRule>, Vec<String>, Vec<(String, String)>) {
+    fn compile_rules(&mut self, route: &Object<RouteSpec>) -> CompiledRoute {
         let grpc = route.kind == "GRPCRoute";
         let mut rules = Vec::new();
         let mut dropped = Vec::new();
@@ -857,7 +935,9 @@ impl<'a> Translator<'a> {
             let field = format!("spec.rules[{idx}]");
             match self.compile_rule(route, idx, rule, grpc, &field, &mut unresolved) {
                 Ok(r) => rules.push(r),
-                Err(msg) => dropped.push(format!("Dropped Rule {idx}{}: {msg}", rule_name_suffix(rule.name.as_deref()))),
+                Err(msg) => {
+                    dropped.push(format!("Dropped Rule {idx}{}: {msg}", rule_name_suffix(rule.name.as_deref())))
+                }
             }
         }
         (rules, dropped, unresolved)
@@ -930,14 +1010,23 @@ impl<'a> Translator<'a> {
         Ok(CompiledRule { index: idx, name: rule.name.clone(), matches, filters, backends, timeouts, persistence })
     }
 
-    fn resolve_backend_ref(&mut self, route: &Object<RouteSpec>, b: &BackendRef, grpc: bool) -> Result<PendingTarget, (String, String)> {
+    fn resolve_backend_ref(
+        &mut self,
+        route: &Object<RouteSpec>,
+        b: &BackendRef,
+        grpc: bool,
+    ) -> Result<PendingTarget, (String, String)> {
         let group = b.group.as_deref().unwrap_or("");
         let kind = b.kind.as_deref().unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
-            return Err(("InvalidKind".into(), format!("backend kind {group}/{kind} is not supported; use a core Service")));
+            return Err((
+                "InvalidKind".into(),
+                format!("backend kind {group}/{kind} is not supported; use a core Service"),
+            ));
         }
         let ns = b.namespace.clone().unwrap_or_else(|| route.namespace.clone());
-        if ns != route.namespace && !self.reference_granted(&route.kind, &route.namespace, "", "Service", &ns, &b.name) {
+        if ns != route.namespace && !self.reference_granted(&route.kind, &route.namespace, "", "Service", &ns, &b.name)
+        {
             return Err((
                 "RefNotPermitted".into(),
                 format!("Service {ns}/{} is in another namespace and no ReferenceGrant allows it", b.name),
@@ -954,18 +1043,12 @@ impl<'a> Translator<'a> {
 
     /// Decides every attached rule's effective session persistence on gateway `gi` (spec sections 2, 3).
     /// `Ok(None)`: no persistence; `Err`: the rule is dropped (it lost a name conflict).
-    #[allow(clippy::type_complexity)]
-    fn scope_sessions(
-        &mut self,
-        gi: usize,
-        attachments: &[&Attachment],
-        compiled: &[(Vec<CompiledRule>, Vec<String>, Vec<(String, String)>)],
-    ) -> HashMap<(usize, usize), Result<Option<Arc<SessionPolicy>>, String>> {
+    fn scope_sessions(&mut self, gi: usize, attachments: &[&Attachment], compiled: &[CompiledRoute]) -> ScopedSessions {
         let res = self.res;
         let gw = &res.gateways[gi];
         let gw_key = gw.key();
         // scope identity -> (spec, source, claim, rules using it)
-        let mut scopes: BTreeMap<String, (PersistenceSpec, SessionSource, Claim, Vec<(usize, usize)>)> = BTreeMap::new();
+        let mut scopes: BTreeMap<String, ScopeEntry> = BTreeMap::new();
         let mut plain: Vec<(usize, usize)> = Vec::new();
         for a in attachments {
             let route = &res.routes[a.route];
@@ -975,7 +1058,12 @@ impl<'a> Translator<'a> {
                 let (spec, source, identity, priority, owner) = if let Some(spec) = &rule.persistence {
                     if let Some(pi) = self.rule_policy(rule) {
                         let p = &res.policies[pi];
-                        let note = format!("overridden by {} {} rule {} for that rule's traffic", route.kind, route.key(), rule.index);
+                        let note = format!(
+                            "overridden by {} {} rule {} for that rule's traffic",
+                            route.kind,
+                            route.key(),
+                            rule.index
+                        );
                         if !self.policy_notes[pi].contains(&note) {
                             self.policy_notes[pi].push(note);
                         }
@@ -984,7 +1072,11 @@ impl<'a> Translator<'a> {
                     (
                         spec.clone(),
                         SessionSource::RouteRule {
-                            route: RouteRef { kind: route.kind.clone(), namespace: route.namespace.clone(), name: route.meta.name.clone() },
+                            route: RouteRef {
+                                kind: route.kind.clone(),
+                                namespace: route.namespace.clone(),
+                                name: route.meta.name.clone(),
+                            },
                             rule: rule.index,
                         },
                         format!("rule|{gw_key}|{}|{}|{}", route.kind, route.key(), rule.index),
@@ -997,7 +1089,9 @@ impl<'a> Translator<'a> {
                         plain.push(key);
                         continue;
                     };
-                    self.policy_conditions[pi].entry(gi).or_insert_with(|| Conditions::new(p.generation(), &self.opts.now));
+                    self.policy_conditions[pi]
+                        .entry(gi)
+                        .or_insert_with(|| Conditions::new(p.generation(), &self.opts.now));
                     if rule.backends.len() > 1 {
                         let note = "rules that split traffic between a targeted Service and other backends apply this persistence to all their backends".to_string();
                         if !self.policy_notes[pi].contains(&note) {
@@ -1006,11 +1100,22 @@ impl<'a> Translator<'a> {
                     }
                     let identity = match &spec.name {
                         Some(_) => format!("policy|{gw_key}|{}|{}", p.kind, p.key()),
-                        None => format!("policy-rule|{gw_key}|{}|{}|{}|{}|{}", p.kind, p.key(), route.kind, route.key(), rule.index),
+                        None => format!(
+                            "policy-rule|{gw_key}|{}|{}|{}|{}|{}",
+                            p.kind,
+                            p.key(),
+                            route.kind,
+                            route.key(),
+                            rule.index
+                        ),
                     };
                     (
                         spec,
-                        SessionSource::Policy { kind: p.kind.clone(), namespace: p.namespace.clone(), name: p.meta.name.clone() },
+                        SessionSource::Policy {
+                            kind: p.kind.clone(),
+                            namespace: p.namespace.clone(),
+                            name: p.meta.name.clone(),
+                        },
                         identity,
                         (true, p.created, p.key(), 0),
                         ClaimOwner::Policy { policy: pi },
@@ -1021,7 +1126,12 @@ impl<'a> Translator<'a> {
                 };
                 let name_key = session_name_key(&spec, &self.opts.naming_salt, &identity);
                 let entry = scopes.entry(identity.clone()).or_insert_with(|| {
-                    (spec, source, Claim { scope_identity: identity, name_key, hostnames: Vec::new(), priority, owner }, Vec::new())
+                    (
+                        spec,
+                        source,
+                        Claim { scope_identity: identity, name_key, hostnames: Vec::new(), priority, owner },
+                        Vec::new(),
+                    )
                 });
                 for h in &hosts {
                     if !entry.2.hostnames.contains(h) {
@@ -1047,7 +1157,13 @@ impl<'a> Translator<'a> {
             match conflict {
                 Some(w) => {
                     let name = claim.name_key.split_once(':').map_or("", |(_, n)| n);
-                    losers.insert(id.clone(), format!("session name {name:?} is already used by {} on Gateway {gw_key}", self.describe_owner(&w.owner)));
+                    losers.insert(
+                        id.clone(),
+                        format!(
+                            "session name {name:?} is already used by {} on Gateway {gw_key}",
+                            self.describe_owner(&w.owner)
+                        ),
+                    );
                 }
                 None => winners.push(claim),
             }
@@ -1234,7 +1350,8 @@ fn compile_match(m: &raw::RouteMatch, grpc: bool, field: &str) -> Result<Request
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         let hf = format!("{field}.headers[{i}]");
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("{hf}.name: {:?} is not a valid header name", h.name))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("{hf}.name: {:?} is not a valid header name", h.name))?;
         if headers.iter().any(|x: &HeaderMatch| x.name == name) {
             continue; // The API says later duplicates of a header name are ignored.
         }
@@ -1265,7 +1382,11 @@ fn compile_match(m: &raw::RouteMatch, grpc: bool, field: &str) -> Result<Request
                     }
                     "Exact" => PathMatch::Exact(value),
                     "PathPrefix" => {
-                        if value.contains("//") || value.contains("/./") || value.contains("/../") || value.ends_with("/..") {
+                        if value.contains("//")
+                            || value.contains("/./")
+                            || value.contains("/../")
+                            || value.ends_with("/..")
+                        {
                             return Err(format!("{field}.path.value: {value:?} must not contain //, /./ or /../"));
                         }
                         PathMatch::prefix(&value)
@@ -1277,7 +1398,9 @@ fn compile_match(m: &raw::RouteMatch, grpc: bool, field: &str) -> Result<Request
         };
         let method = match &m.method {
             None => None,
-            Some(Value::String(s)) => Some(Method::from_bytes(s.as_bytes()).map_err(|_| format!("{field}.method: {s:?} is not a method"))?),
+            Some(Value::String(s)) => {
+                Some(Method::from_bytes(s.as_bytes()).map_err(|_| format!("{field}.method: {s:?} is not a method"))?)
+            }
             Some(_) => return Err(format!("{field}.method: must be a string")),
         };
         (path, method)
@@ -1316,7 +1439,8 @@ fn grpc_path(m: &raw::GrpcMethod, field: &str) -> Result<PathMatch, String> {
 
 fn compile_header_mods(m: &raw::HeaderModifier, field: &str) -> Result<HeaderMods, String> {
     let pair = |p: &raw::HeaderPair, f: &str| -> Result<(HeaderName, HeaderValue), String> {
-        let name = HeaderName::from_bytes(p.name.as_bytes()).map_err(|_| format!("{f}.name: {:?} is not a valid header name", p.name))?;
+        let name = HeaderName::from_bytes(p.name.as_bytes())
+            .map_err(|_| format!("{f}.name: {:?} is not a valid header name", p.name))?;
         let value = HeaderValue::from_str(&p.value).map_err(|_| format!("{f}.value: not a valid header value"))?;
         Ok((name, value))
     };
@@ -1327,19 +1451,28 @@ fn compile_header_mods(m: &raw::HeaderModifier, field: &str) -> Result<HeaderMod
             .remove
             .iter()
             .enumerate()
-            .map(|(i, n)| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("{field}.remove[{i}]: {n:?} is not a valid header name")))
+            .map(|(i, n)| {
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| format!("{field}.remove[{i}]: {n:?} is not a valid header name"))
+            })
             .collect::<Result<_, _>>()?,
     })
 }
 
-fn compile_path_modifier(p: &raw::PathModifierSpec, field: &str, matches: &[RequestMatch]) -> Result<PathModifier, String> {
+fn compile_path_modifier(
+    p: &raw::PathModifierSpec,
+    field: &str,
+    matches: &[RequestMatch],
+) -> Result<PathModifier, String> {
     match p.kind.as_str() {
         "ReplaceFullPath" => Ok(PathModifier::ReplaceFullPath(
             p.replace_full_path.clone().ok_or_else(|| format!("{field}.replaceFullPath is required"))?,
         )),
         "ReplacePrefixMatch" => {
             if !matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_))) {
-                return Err(format!("{field}: ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"));
+                return Err(format!(
+                    "{field}: ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"
+                ));
             }
             Ok(PathModifier::ReplacePrefixMatch(
                 p.replace_prefix_match.clone().ok_or_else(|| format!("{field}.replacePrefixMatch is required"))?,
@@ -1380,8 +1513,15 @@ fn compile_filters(filters: &[RouteFilter], field: &str, matches: &[RequestMatch
                 Filter::Redirect(Redirect {
                     scheme: r.scheme.clone(),
                     hostname: r.hostname.clone(),
-                    port: r.port.map(|p| u16::try_from(p).map_err(|_| format!("{ff}.requestRedirect.port: out of range"))).transpose()?,
-                    path: r.path.as_ref().map(|p| compile_path_modifier(p, &format!("{ff}.requestRedirect.path"), matches)).transpose()?,
+                    port: r
+                        .port
+                        .map(|p| u16::try_from(p).map_err(|_| format!("{ff}.requestRedirect.port: out of range")))
+                        .transpose()?,
+                    path: r
+                        .path
+                        .as_ref()
+                        .map(|p| compile_path_modifier(p, &format!("{ff}.requestRedirect.path"), matches))
+                        .transpose()?,
                     status,
                 })
             }
@@ -1390,7 +1530,11 @@ fn compile_filters(filters: &[RouteFilter], field: &str, matches: &[RequestMatch
                 let r = f.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
                 Filter::UrlRewrite(UrlRewrite {
                     hostname: r.hostname.clone(),
-                    path: r.path.as_ref().map(|p| compile_path_modifier(p, &format!("{ff}.urlRewrite.path"), matches)).transpose()?,
+                    path: r
+                        .path
+                        .as_ref()
+                        .map(|p| compile_path_modifier(p, &format!("{ff}.urlRewrite.path"), matches))
+                        .transpose()?,
                 })
             }
             other => return Err(format!("{ff}.type: filter {other:?} is not supported")),

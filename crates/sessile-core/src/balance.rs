@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 
-use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, Rule, WeightedBackend};
+use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, WeightedBackend};
 
 /// A fast per-thread pseudo-random source for weighted picks (not for secrets).
 pub fn roll(bound: u64) -> u64 {
@@ -30,22 +30,15 @@ fn seed() -> u64 {
     t ^ (&local as *const u8 as u64).rotate_left(32)
 }
 
-/// Picks a backendRef of `rule` by weight, skipping `exclude` (backends already found empty).
-pub fn pick_backend<'r>(rule: &'r Rule, roll_fn: impl FnOnce(u64) -> u64) -> Option<&'r WeightedBackend> {
-    rule.pick_weighted(roll_fn(rule.total_weight))
-}
-
 /// Picks a ready endpoint of `backend` round-robin, skipping those `usable` rejects.
 /// Draining endpoints never receive new sessions or new unpinned traffic.
-pub fn pick_endpoint<'b>(backend: &'b Backend, mut usable: impl FnMut(SocketAddr) -> bool) -> Option<&'b Endpoint> {
+pub fn pick_endpoint(backend: &Backend, mut usable: impl FnMut(SocketAddr) -> bool) -> Option<&Endpoint> {
     let n = backend.endpoints.len();
     if n == 0 {
         return None;
     }
     let start = backend.next_start();
-    (0..n)
-        .map(|i| &backend.endpoints[(start + i) % n])
-        .find(|e| e.state == EndpointState::Ready && usable(e.addr))
+    (0..n).map(|i| &backend.endpoints[(start + i) % n]).find(|e| e.state == EndpointState::Ready && usable(e.addr))
 }
 
 /// Convenience: the `Backend` of a weighted backendRef, if it resolved.
@@ -62,7 +55,12 @@ mod tests {
     use crate::model::UpstreamProtocol;
 
     fn ep(port: u16, state: EndpointState) -> Endpoint {
-        Endpoint { addr: SocketAddr::from(([127, 0, 0, 1], port)), identity: String::new(), identity_hash: port as u64, state }
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            identity: String::new(),
+            identity_hash: port as u64,
+            state,
+        }
     }
 
     #[test]

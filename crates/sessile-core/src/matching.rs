@@ -253,7 +253,8 @@ impl RouteTable {
         for (host, entry) in entries {
             match &host {
                 HostPattern::Exact(h) => table.exact.entry(h.clone()).or_default().entries.push(entry),
-                HostPattern::Wildcard(_) => match table.wildcard.iter_mut().find(|w| w.pattern.as_ref() == Some(&host)) {
+                HostPattern::Wildcard(_) => match table.wildcard.iter_mut().find(|w| w.pattern.as_ref() == Some(&host))
+                {
                     Some(w) => w.entries.push(entry),
                     None => table.wildcard.push(HostRoutes { pattern: Some(host.clone()), entries: vec![entry] }),
                 },
@@ -354,7 +355,10 @@ mod tests {
             path,
             method: method.then_some(Method::GET),
             headers: (0..headers)
-                .map(|i| HeaderMatch { name: HeaderName::from_bytes(format!("h{i}").as_bytes()).unwrap(), value: StringMatch::Exact("v".into()) })
+                .map(|i| HeaderMatch {
+                    name: HeaderName::from_bytes(format!("h{i}").as_bytes()).unwrap(),
+                    value: StringMatch::Exact("v".into()),
+                })
                 .collect(),
             query: vec![],
         };
@@ -376,6 +380,9 @@ mod tests {
         assert!(with_method < short_prefix);
         assert!(older < short_prefix);
         assert!(alpha < short_prefix);
-        assert!(summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 0) < summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 1));
+        assert!(
+            summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 0)
+                < summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 1)
+        );
     }
 }

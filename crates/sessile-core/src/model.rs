@@ -139,7 +139,9 @@ pub struct WeightedBackend {
 pub enum BackendTarget {
     Service(Arc<Backend>),
     /// An unresolvable backendRef: its share of traffic gets a 500.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// A Service port and its endpoints.

@@ -1,0 +1,15 @@
+//! Sessile data plane: listeners, the request phases, upstream pools, endpoint health and the admin server.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod upstream;
+
+pub use server::{Server, ServerOptions};
+pub use state::Shared;

@@ -1,0 +1,483 @@
+//! The request phases: route, request filters, session and endpoint choice, upstream, response, log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sessile_core::hostname::normalize_host;
+use sessile_core::matching::RequestView;
+use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
+use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
+
+use crate::metrics::{EndpointLabels, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
+use crate::session::{self, Choice, Decision, SessionFlag};
+use crate::state::{AccessLog, Shared};
+use crate::upstream::{UpstreamBody, Upstreams};
+
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// Per-connection context shared by the requests of one downstream connection.
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub upstreams: Arc<Upstreams>,
+    /// The configured bind address of the listener (looked up in the snapshot).
+    pub bind: SocketAddr,
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// What the log line and metrics need to know about a finished request.
+struct RequestLog {
+    route: String,
+    endpoint: Option<SocketAddr>,
+    flag: SessionFlag,
+}
+
+/// Handles one request end to end. Never fails: every error becomes a response.
+pub async fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path_for_log = req.uri().path().to_string();
+    let mut log = RequestLog { route: String::new(), endpoint: None, flag: SessionFlag::None };
+    let resp = route_and_proxy(&ctx, req, &mut log).await;
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    let metrics = &ctx.shared.metrics;
+    let route_label = if log.route.is_empty() { "none".to_string() } else { log.route.clone() };
+    metrics.requests.get_or_create(&RequestLabels { route: route_label.clone(), code: status }).inc();
+    metrics.request_duration.get_or_create(&RouteLabels { route: route_label }).observe(elapsed.as_secs_f64());
+    match ctx.shared.access_log {
+        AccessLog::Off => {}
+        AccessLog::Json => tracing::info!(
+            target: "sessile::access",
+            "{}",
+            serde_json::json!({
+                "method": method.as_str(), "path": path_for_log, "status": status, "route": log.route,
+                "endpoint": log.endpoint.map(|e| e.to_string()), "session": log.flag.as_str(),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0, "peer": ctx.peer.to_string(),
+            })
+        ),
+        AccessLog::Logfmt => tracing::info!(
+            target: "sessile::access",
+            "method={} path={:?} status={} route={} endpoint={} session={} duration_ms={:.3} peer={}",
+            method,
+            path_for_log,
+            status,
+            if log.route.is_empty() { "-" } else { &log.route },
+            log.endpoint.map_or("-".to_string(), |e| e.to_string()),
+            log.flag.as_str(),
+            elapsed.as_secs_f64() * 1000.0,
+            ctx.peer
+        ),
+    }
+    Ok(resp)
+}
+
+async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mut RequestLog) -> Response<ProxyBody> {
+    let snapshot = ctx.shared.snapshot();
+    let Some(port) = snapshot.port(ctx.bind) else {
+        return local(StatusCode::NOT_FOUND, "no listener configured on this port\n");
+    };
+    let authority = request_authority(&req);
+    let host = normalize_host(&authority);
+    let entry = {
+        let view = RequestView {
+            host: &host,
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        port.routes.lookup(&view)
+    };
+    let Some(entry) = entry else {
+        return local(StatusCode::NOT_FOUND, "no route matched\n");
+    };
+    let rule = entry.rule.clone();
+    let matched_prefix = entry.request_match.path.literal_prefix().map(str::to_string);
+    drop(snapshot);
+    log.route = rule.label.clone();
+
+    // Request filters.
+    let mut new_host: Option<String> = None;
+    let mut new_path: Option<String> = None;
+    for f in &rule.filters {
+        match f {
+            Filter::Redirect(r) => return redirect(ctx, &req, &authority, r, matched_prefix.as_deref()),
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::UrlRewrite(rw) => {
+                new_host = rw.hostname.clone().or(new_host);
+                if let Some(p) = &rw.path {
+                    new_path = Some(p.apply(req.uri().path(), matched_prefix.as_deref()));
+                }
+            }
+            Filter::ResponseHeaders(_) => {}
+        }
+    }
+
+    let proxied = proxy(ctx, &rule, req, &authority, new_host, new_path, log);
+    match rule.timeouts.request {
+        Some(limit) => match tokio::time::timeout(limit, proxied).await {
+            Ok(resp) => resp,
+            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out\n"),
+        },
+        None => proxied.await,
+    }
+}
+
+async fn proxy(
+    ctx: &ConnContext,
+    rule: &Arc<Rule>,
+    mut req: Request<Incoming>,
+    authority: &str,
+    new_host: Option<String>,
+    new_path: Option<String>,
+    log: &mut RequestLog,
+) -> Response<ProxyBody> {
+    let shared = &ctx.shared;
+    let now = now_ms();
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let mut exclude: Vec<SocketAddr> = Vec::new();
+    let mut repinned = false;
+    // Connect, re-choosing on refused connections (the request has not been sent yet).
+    let max_attempts = 1 + rule
+        .backends
+        .iter()
+        .map(|b| sessile_core::balance::service(b).map_or(0, |s| s.endpoints.len()))
+        .sum::<usize>()
+        .min(4);
+    let (mut decision, conn) = loop {
+        let decision = match session::choose(shared, rule, req.headers(), now, &exclude) {
+            Choice::Endpoint(d) => d,
+            Choice::NoEndpoint => return unavailable(),
+            Choice::InvalidBackend => {
+                return local(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend for this request\n");
+            }
+        };
+        match ctx.upstreams.checkout(decision.target.addr, decision.target.protocol, upgrade.is_some()).await {
+            Ok(conn) => {
+                shared.health.mark_healthy(decision.target.addr);
+                break (decision, conn);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %decision.target.addr, error = %e, "upstream connect failed; trying another endpoint");
+                shared
+                    .metrics
+                    .upstream_connect_errors
+                    .get_or_create(&EndpointLabels { endpoint: decision.target.addr.to_string() })
+                    .inc();
+                shared.health.mark_unhealthy(decision.target.addr);
+                exclude.push(decision.target.addr);
+                if decision.flag == SessionFlag::Resumed || decision.flag == SessionFlag::Refreshed {
+                    repinned = true;
+                }
+                if exclude.len() >= max_attempts {
+                    return unavailable();
+                }
+            }
+        }
+    };
+    if repinned
+        && rule.session.is_some()
+        && decision.flag != SessionFlag::Resumed
+        && decision.flag != SessionFlag::Refreshed
+    {
+        decision.flag = SessionFlag::Repinned;
+        decision.rejection = Some(sessile_session::Rejection::EndpointUnhealthy);
+    }
+    log.endpoint = Some(decision.target.addr);
+    log.flag = decision.flag;
+    record_session(shared, rule, &decision);
+
+    let backend_filters = &rule.backends[decision.target.backend_index].filters;
+    for f in backend_filters {
+        if let Filter::RequestHeaders(m) = f {
+            m.apply(req.headers_mut());
+        }
+    }
+    let upstream_req = match upstream_request(
+        ctx,
+        req,
+        authority,
+        new_host.as_deref(),
+        new_path.as_deref(),
+        decision.target.protocol,
+        upgrade.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err(message) => return local(StatusCode::BAD_REQUEST, message),
+    };
+    let sent = ctx.upstreams.send(decision.target.addr, conn, upstream_req, upgrade.is_none());
+    let result = match rule.timeouts.backend_request {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(r) => r,
+            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "backend request timed out\n"),
+        },
+        None => sent.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(endpoint = %decision.target.addr, error = %e, "upstream request failed");
+            return local(StatusCode::BAD_GATEWAY, "upstream request failed\n");
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = downstream_upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            }
+        });
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    for f in rule.filters.iter().chain(backend_filters) {
+        if let Filter::ResponseHeaders(m) = f {
+            m.apply(resp.headers_mut());
+        }
+    }
+    if let (Some(claims), Some(policy)) = (&decision.issue, &rule.session) {
+        write_token(ctx, policy, claims, now, resp.headers_mut());
+    }
+    resp.map(Either::Left)
+}
+
+fn record_session(shared: &Shared, rule: &Rule, d: &Decision) {
+    if rule.session.is_none() {
+        return;
+    }
+    let m = &shared.metrics;
+    let labels = SessionLabels { rule: rule.label.clone(), backend: d.target.backend.id.clone() };
+    match d.flag {
+        SessionFlag::Resumed | SessionFlag::Refreshed => {
+            m.sessions_resumed.get_or_create(&labels).inc();
+        }
+        _ => {
+            m.sessions_created.get_or_create(&labels).inc();
+        }
+    }
+    if d.flag == SessionFlag::Repinned {
+        m.session_repins.get_or_create(&labels).inc();
+    }
+    if let Some(reason) = d.rejection {
+        m.sessions_rejected
+            .get_or_create(&RejectLabels { rule: labels.rule, backend: labels.backend, reason: reason.as_str() })
+            .inc();
+    }
+}
+
+fn write_token(
+    ctx: &ConnContext,
+    policy: &sessile_core::SessionPolicy,
+    claims: &sessile_session::Claims,
+    now: u64,
+    headers: &mut HeaderMap,
+) {
+    let token = seal(&ctx.shared.keys(), claims);
+    match &policy.carrier {
+        SessionCarrier::Cookie { name, path, permanent } => {
+            let max_age = match (permanent, policy.absolute_timeout) {
+                (true, Some(abs)) => Some(max_age_secs(claims, now, abs)),
+                _ => None,
+            };
+            let cookie = set_cookie(&CookieAttrs { name, path, secure: ctx.https, max_age_secs: max_age }, &token);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                headers.append(header::SET_COOKIE, v);
+            }
+        }
+        SessionCarrier::Header { name } => {
+            if let Ok(v) = HeaderValue::from_str(&token) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+    // Shared caches must never hand one client's session token to another.
+    let strong = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            let s = s.to_ascii_lowercase();
+            s.contains("private") || s.contains("no-store") || s.contains("no-cache")
+        })
+    });
+    if !strong {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// The request's authority: `:authority` (h2) or the Host header.
+fn request_authority<B>(req: &Request<B>) -> String {
+    if let Some(a) = req.uri().authority() {
+        return a.as_str().to_string();
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// `Some(protocol)` for an HTTP/1.1 upgrade request (e.g. WebSocket).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<String> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // TE is hop-by-hop except for "trailers", which gRPC needs end to end.
+    let te_trailers = headers.get(header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn upstream_request(
+    ctx: &ConnContext,
+    req: Request<Incoming>,
+    authority: &str,
+    new_host: Option<&str>,
+    new_path: Option<&str>,
+    protocol: sessile_core::UpstreamProtocol,
+    upgrade: Option<&str>,
+) -> Result<Request<Incoming>, &'static str> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let host = match new_host {
+        Some(h) => h.to_string(),
+        None => authority.to_string(),
+    };
+    let path_and_query = match (new_path, parts.uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p.to_string(),
+        (None, _) => parts.uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string()),
+    };
+    let bad = |_| "invalid request target\n";
+    match protocol {
+        sessile_core::UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = Uri::try_from(path_and_query).map_err(bad)?;
+            match HeaderValue::from_str(&host) {
+                Ok(v) => {
+                    parts.headers.insert(header::HOST, v);
+                }
+                Err(_) => return Err("invalid host\n"),
+            }
+        }
+        sessile_core::UpstreamProtocol::H2c => {
+            parts.version = Version::HTTP_2;
+            parts.uri = Uri::try_from(format!("http://{host}{path_and_query}")).map_err(bad)?;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    if let Some(proto) = upgrade
+        && let Ok(v) = HeaderValue::from_str(proto)
+    {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, v);
+    }
+    let peer_ip = ctx.peer.ip().to_string();
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    parts.headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if ctx.https { "https" } else { "http" }),
+    );
+    Ok(Request::from_parts(parts, body))
+}
+
+fn redirect<B>(
+    ctx: &ConnContext,
+    req: &Request<B>,
+    authority: &str,
+    r: &sessile_core::Redirect,
+    prefix: Option<&str>,
+) -> Response<ProxyBody> {
+    let request_scheme = if ctx.https { "https" } else { "http" };
+    let scheme = r.scheme.as_deref().unwrap_or(request_scheme);
+    let host = r.hostname.clone().unwrap_or_else(|| normalize_host(authority));
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => Some(ctx.bind.port()),
+    };
+    let port = port.filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let path = match &r.path {
+        Some(m @ PathModifier::ReplaceFullPath(_)) | Some(m @ PathModifier::ReplacePrefixMatch(_)) => {
+            m.apply(req.uri().path(), prefix)
+        }
+        None => req.uri().path().to_string(),
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let location = match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}{query}"),
+        None => format!("{scheme}://{host}{path}{query}"),
+    };
+    let mut resp = local(StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND), "");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// A response generated by the gateway itself.
+pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    }
+    resp
+}
+
+fn unavailable() -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint available\n");
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    resp
+}

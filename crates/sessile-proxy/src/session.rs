@@ -1,0 +1,225 @@
+//! Endpoint choice for one request: resume the session a valid token names, else balance and mint a token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::COOKIE;
+use sessile_core::{
+    Backend, BackendTarget, EndpointState, Rule, SessionCarrier, SessionPolicy, UpstreamProtocol, balance,
+};
+use sessile_session::{
+    CLOCK_SKEW_MS, Claims, Eligibility, Rejection, SessionTimeouts, cookie_values, header_values, resolve,
+};
+
+use crate::state::Shared;
+
+/// What happened to the session of a request, for access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFlag {
+    /// The rule has no session persistence.
+    None,
+    New,
+    Resumed,
+    Refreshed,
+    Repinned,
+    Expired,
+    Invalid,
+}
+
+impl SessionFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionFlag::None => "-",
+            SessionFlag::New => "new",
+            SessionFlag::Resumed => "resumed",
+            SessionFlag::Refreshed => "refreshed",
+            SessionFlag::Repinned => "re-pinned",
+            SessionFlag::Expired => "expired",
+            SessionFlag::Invalid => "invalid",
+        }
+    }
+}
+
+/// The endpoint a request goes to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub protocol: UpstreamProtocol,
+    /// Index of the backendRef in the rule (for its filters); `None` for a departed endpoint's backend.
+    pub backend_index: usize,
+    pub backend: Arc<Backend>,
+    pub identity_hash: u64,
+}
+
+#[derive(Debug)]
+pub struct Decision {
+    pub target: Target,
+    /// Claims to seal into a token on the response (new session, re-pin or refresh).
+    pub issue: Option<Claims>,
+    pub flag: SessionFlag,
+    pub rejection: Option<Rejection>,
+}
+
+#[derive(Debug)]
+pub enum Choice {
+    Endpoint(Decision),
+    /// No endpoint can take the request: 503.
+    NoEndpoint,
+    /// The request fell on an invalid backendRef (or the rule has none): 500.
+    InvalidBackend,
+}
+
+/// Why no endpoint could be picked.
+enum NoTarget {
+    NoEndpoint,
+    InvalidBackend,
+}
+
+impl From<NoTarget> for Choice {
+    fn from(n: NoTarget) -> Choice {
+        match n {
+            NoTarget::NoEndpoint => Choice::NoEndpoint,
+            NoTarget::InvalidBackend => Choice::InvalidBackend,
+        }
+    }
+}
+
+/// Decides the endpoint for a request matched to `rule`. `exclude` lists endpoints that just refused a connection.
+pub fn choose(shared: &Shared, rule: &Rule, headers: &HeaderMap, now_ms: u64, exclude: &[SocketAddr]) -> Choice {
+    let Some(policy) = &rule.session else {
+        return match pick_new(shared, rule, exclude) {
+            Ok(target) => Choice::Endpoint(Decision { target, issue: None, flag: SessionFlag::None, rejection: None }),
+            Err(e) => e.into(),
+        };
+    };
+    let keys = shared.keys();
+    let timeouts = SessionTimeouts { absolute: policy.absolute_timeout, idle: policy.idle_timeout };
+    let mut resumed_target: Option<Target> = None;
+    let eligible = |c: &Claims| -> Eligibility {
+        let (eligibility, target) = eligibility(shared, rule, c, exclude);
+        if eligibility == Eligibility::Eligible {
+            resumed_target = target;
+        }
+        eligibility
+    };
+    let outcome = match &policy.carrier {
+        SessionCarrier::Cookie { name, .. } => {
+            let lines = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+            resolve(&keys, policy.scope, cookie_values(lines, name), now_ms, &timeouts, eligible)
+        }
+        SessionCarrier::Header { name } => {
+            let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            resolve(&keys, policy.scope, header_values(values), now_ms, &timeouts, eligible)
+        }
+    };
+    match (outcome, resumed_target) {
+        (Ok(resumed), Some(target)) => {
+            let issue = resumed.refresh.then_some(Claims { refreshed_ms: now_ms, ..resumed.claims });
+            let flag = if issue.is_some() { SessionFlag::Refreshed } else { SessionFlag::Resumed };
+            Choice::Endpoint(Decision { target, issue, flag, rejection: None })
+        }
+        (outcome, _) => {
+            let rejection = outcome.err().unwrap_or(Rejection::Invalid);
+            match pick_new(shared, rule, exclude) {
+                Ok(target) => {
+                    let flag = match rejection {
+                        Rejection::Absent => SessionFlag::New,
+                        Rejection::ExpiredIdle | Rejection::ExpiredAbsolute => SessionFlag::Expired,
+                        Rejection::Invalid | Rejection::OtherScope => SessionFlag::Invalid,
+                        Rejection::EndpointGone | Rejection::EndpointUnhealthy | Rejection::EndpointDrainingNew => {
+                            SessionFlag::Repinned
+                        }
+                    };
+                    let issue = Some(new_claims(policy, &target, now_ms));
+                    Choice::Endpoint(Decision { target, issue, flag, rejection: Some(rejection) })
+                }
+                Err(e) => e.into(),
+            }
+        }
+    }
+}
+
+/// Claims for a fresh session on `target`.
+pub fn new_claims(policy: &SessionPolicy, target: &Target, now_ms: u64) -> Claims {
+    Claims {
+        scope: policy.scope,
+        backend: target.backend.id_hash,
+        endpoint: target.addr,
+        endpoint_identity: target.identity_hash,
+        created_ms: now_ms,
+        refreshed_ms: now_ms,
+    }
+}
+
+fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr]) -> (Eligibility, Option<Target>) {
+    let usable = |addr: SocketAddr| shared.health.is_healthy(addr) && !exclude.contains(&addr);
+    for (index, wb) in rule.backends.iter().enumerate() {
+        let BackendTarget::Service(backend) = &wb.target else { continue };
+        if backend.id_hash != c.backend {
+            continue;
+        }
+        if let Some(e) = backend.find_endpoint(c.endpoint, c.endpoint_identity) {
+            if !usable(e.addr) {
+                return (Eligibility::Unhealthy, None);
+            }
+            if e.state == EndpointState::Draining
+                && let Some(since) = shared.health.draining_since(e.addr)
+                && c.created_ms > since.saturating_add(CLOCK_SKEW_MS)
+            {
+                return (Eligibility::DrainingNew, None);
+            }
+            let target = Target {
+                addr: e.addr,
+                protocol: backend.protocol,
+                backend_index: index,
+                backend: backend.clone(),
+                identity_hash: e.identity_hash,
+            };
+            return (Eligibility::Eligible, Some(target));
+        }
+        if let Some(d) = shared.health.departed(c.backend, c.endpoint, c.endpoint_identity) {
+            if !usable(d.addr) {
+                return (Eligibility::Unhealthy, None);
+            }
+            let target = Target {
+                addr: d.addr,
+                protocol: d.protocol,
+                backend_index: index,
+                backend: backend.clone(),
+                identity_hash: d.identity_hash,
+            };
+            return (Eligibility::Eligible, Some(target));
+        }
+    }
+    (Eligibility::Gone, None)
+}
+
+/// Load-balances a request without a usable session: backend by weight, endpoint round-robin.
+fn pick_new(shared: &Shared, rule: &Rule, exclude: &[SocketAddr]) -> Result<Target, NoTarget> {
+    let usable = |addr: SocketAddr| shared.health.is_healthy(addr) && !exclude.contains(&addr);
+    let Some(first) = rule.pick_weighted(balance::roll(rule.total_weight)) else {
+        return Err(NoTarget::InvalidBackend);
+    };
+    let BackendTarget::Service(_) = &first.target else { return Err(NoTarget::InvalidBackend) };
+    // The weighted pick first; if its backend has nothing usable, any other weighted backend.
+    let first_index = rule.backends.iter().position(|b| std::ptr::eq(b, first)).unwrap_or(0);
+    let order = std::iter::once(first_index).chain((0..rule.backends.len()).filter(|&i| i != first_index));
+    for index in order {
+        let wb = &rule.backends[index];
+        if wb.weight == 0 {
+            continue;
+        }
+        let BackendTarget::Service(backend) = &wb.target else { continue };
+        if let Some(e) = balance::pick_endpoint(backend, usable) {
+            return Ok(Target {
+                addr: e.addr,
+                protocol: backend.protocol,
+                backend_index: index,
+                backend: backend.clone(),
+                identity_hash: e.identity_hash,
+            });
+        }
+    }
+    Err(NoTarget::NoEndpoint)
+}

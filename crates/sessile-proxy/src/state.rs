@@ -1,0 +1,91 @@
+//! State shared by listeners, the admin server and the reloader: the current snapshot, keys, status, health.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use sessile_config::ResourceStatus;
+use sessile_core::Snapshot;
+use sessile_session::KeyRing;
+use tokio::sync::watch;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    keys: ArcSwap<KeyRing>,
+    statuses: ArcSwap<Vec<ResourceStatus>>,
+    pub health: Health,
+    pub metrics: Metrics,
+    /// Set once the first configuration is applied and its listeners are bound.
+    ready: AtomicBool,
+    changed: watch::Sender<u64>,
+    pub access_log: AccessLog,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Json,
+    Logfmt,
+}
+
+impl Shared {
+    pub fn new(keys: KeyRing, access_log: AccessLog) -> Arc<Shared> {
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            keys: ArcSwap::from_pointee(keys),
+            statuses: ArcSwap::from_pointee(Vec::new()),
+            health: Health::default(),
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+            changed: watch::channel(0).0,
+            access_log,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    pub fn statuses(&self) -> Arc<Vec<ResourceStatus>> {
+        self.statuses.load_full()
+    }
+
+    /// Swaps in a new configuration atomically; requests in flight finish on the old one.
+    pub fn apply(&self, snapshot: Snapshot, statuses: Vec<ResourceStatus>) {
+        let old = self.snapshot.load_full();
+        self.health.observe(
+            Some(&old).filter(|o| o.version > 0).map(|o| o.as_ref()),
+            &snapshot,
+            sessile_session::now_ms(),
+        );
+        let version = snapshot.version;
+        self.metrics.config_version.set(version as i64);
+        self.snapshot.store(Arc::new(snapshot));
+        self.statuses.store(Arc::new(statuses));
+        self.changed.send_replace(version);
+    }
+
+    pub fn set_keys(&self, keys: KeyRing) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
