@@ -27,7 +27,7 @@ esac
     i=$((i + 1))
     printf -- '---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: backends-%s\n' "$i"
     printf '  labels: {kubernetes.io/service-name: backends}\naddressType: IPv4\n'
-    printf '  ports: [{name: http, port: %s}]\nendpoints: [{addresses: ["%s"], targetRef: {kind: Pod, name: b%s}}]\n' "${b##*:}" "${b%:*}" "$i"
+    printf 'ports: [{name: http, port: %s}]\nendpoints: [{addresses: ["%s"], targetRef: {kind: Pod, name: b%s}}]\n' "${b##*:}" "${b%:*}" "$i"
   done
 } >"$dir/config.yaml"
 "$bin" serve --config "$dir/config.yaml" --admin 127.0.0.1:0 --state-dir "$dir/state" \
