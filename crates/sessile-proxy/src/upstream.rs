@@ -168,9 +168,13 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(r) = this.release.take()
-        {
+        // The server may stop polling once `is_end_stream` is true, so release on the last frame too.
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if done && let Some(r) = this.release.take() {
             r.run();
         }
         polled
