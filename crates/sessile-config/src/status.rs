@@ -105,3 +105,41 @@ pub fn parent_ref_json(
     }
     v
 }
+
+/// Keeps the `lastTransitionTime` of every condition whose status did not change since `old`, as
+/// `meta.SetStatusCondition` does: a transition time only moves when the condition transitions.
+/// Conditions are matched by resource, then listener name / parentRef / ancestorRef, then type.
+pub fn carry_transition_times(old: &[ResourceStatus], new: &mut [ResourceStatus]) {
+    for n in new.iter_mut() {
+        let prev = old.iter().find(|o| {
+            o.kind == n.kind && o.metadata.namespace == n.metadata.namespace && o.metadata.name == n.metadata.name
+        });
+        if let Some(o) = prev {
+            carry_value(&o.status, &mut n.status);
+        }
+    }
+}
+
+fn carry_value(old: &Value, new: &mut Value) {
+    if let (Some(oc), Some(nc)) =
+        (old.get("conditions").and_then(Value::as_array), new.get_mut("conditions").and_then(Value::as_array_mut))
+    {
+        for c in nc.iter_mut() {
+            let same = oc.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]);
+            if let Some(t) = same.and_then(|p| p.get("lastTransitionTime")) {
+                c["lastTransitionTime"] = t.clone();
+            }
+        }
+    }
+    for (list, key) in [("listeners", "name"), ("parents", "parentRef"), ("ancestors", "ancestorRef")] {
+        if let (Some(ol), Some(nl)) =
+            (old.get(list).and_then(Value::as_array), new.get_mut(list).and_then(Value::as_array_mut))
+        {
+            for item in nl.iter_mut() {
+                if let Some(prev) = ol.iter().find(|p| p[key] == item[key]) {
+                    carry_value(prev, item);
+                }
+            }
+        }
+    }
+}

@@ -344,6 +344,8 @@ impl<'a> Translator<'a> {
                 "UnsupportedProtocol",
                 format!("protocol {} is not supported; use HTTP or HTTPS", l.protocol),
             );
+            // No route kind this gateway serves fits the protocol: nothing attaches here.
+            allowed_kinds.clear();
             programmed = false;
         }
         if !(1..=65535).contains(&l.port) {
@@ -632,6 +634,10 @@ impl<'a> Translator<'a> {
                 }
                 let key = format!("{}/{}", p.namespace, t.name);
                 if let Some(&winner) = self.policy_for_service.get(&key) {
+                    if winner == i {
+                        // The same Service listed twice in one policy.
+                        continue;
+                    }
                     let w = &self.res.policies[winner];
                     self.policy_notes[i].push(format!(
                         "Conflicted: {} {} already targets Service {key} and is older",
@@ -1053,7 +1059,29 @@ impl<'a> Translator<'a> {
         for a in attachments {
             let route = &res.routes[a.route];
             let hosts: Vec<HostPattern> = a.hostnames.iter().map(|(_, h)| h.clone()).collect();
-            for rule in &compiled[a.route].0 {
+            let rules = &compiled[a.route].0;
+            // A rule's identity within its route, stable when rules are inserted or reordered (a
+            // reload must not end its sessions): its explicit session name, else its rule name, else
+            // its position. A name shared by several rules of the route identifies only the first;
+            // the others fall back to their position (and then lose the name conflict).
+            let rule_key = |rule: &CompiledRule, by_session_name: bool| -> String {
+                if by_session_name && let Some(spec) = rule.persistence.as_ref().filter(|p| p.name.is_some()) {
+                    let key = session_name_key(spec, &[], "");
+                    let first = rules.iter().find(|r| {
+                        r.persistence.as_ref().is_some_and(|p| p.name.is_some() && session_name_key(p, &[], "") == key)
+                    });
+                    if first.is_some_and(|r| r.index == rule.index) {
+                        return format!("session:{key}");
+                    }
+                }
+                if let Some(name) = &rule.name
+                    && rules.iter().find(|r| r.name.as_ref() == Some(name)).is_some_and(|r| r.index == rule.index)
+                {
+                    return format!("name:{name}");
+                }
+                rule.index.to_string()
+            };
+            for rule in rules {
                 let key = (a.route, rule.index);
                 let (spec, source, identity, priority, owner) = if let Some(spec) = &rule.persistence {
                     if let Some(pi) = self.rule_policy(rule) {
@@ -1079,7 +1107,7 @@ impl<'a> Translator<'a> {
                             },
                             rule: rule.index,
                         },
-                        format!("rule|{gw_key}|{}|{}|{}", route.kind, route.key(), rule.index),
+                        format!("rule|{gw_key}|{}|{}|{}", route.kind, route.key(), rule_key(rule, true)),
                         (false, route.created, route.key(), rule.index),
                         ClaimOwner::Rule { route: a.route, rule: rule.index },
                     )
@@ -1106,7 +1134,7 @@ impl<'a> Translator<'a> {
                             p.key(),
                             route.kind,
                             route.key(),
-                            rule.index
+                            rule_key(rule, false)
                         ),
                     };
                     (
@@ -1469,9 +1497,10 @@ fn compile_path_modifier(
             p.replace_full_path.clone().ok_or_else(|| format!("{field}.replaceFullPath is required"))?,
         )),
         "ReplacePrefixMatch" => {
-            if !matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_))) {
+            // CEL on HTTPRouteRule: exactly one match, and it is a PathPrefix match.
+            if matches.len() != 1 || !matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_))) {
                 return Err(format!(
-                    "{field}: ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"
+                    "{field}: ReplacePrefixMatch needs exactly one match in the rule, a PathPrefix match"
                 ));
             }
             Ok(PathModifier::ReplacePrefixMatch(
@@ -1487,6 +1516,10 @@ fn compile_filters(filters: &[RouteFilter], field: &str, matches: &[RequestMatch
     let (mut redirect, mut rewrite) = (false, false);
     for (i, f) in filters.iter().enumerate() {
         let ff = format!("{field}[{i}]");
+        // CEL on the filters list: only ExtensionRef and RequestMirror may repeat.
+        if f.kind != "ExtensionRef" && f.kind != "RequestMirror" && filters[..i].iter().any(|g| g.kind == f.kind) {
+            return Err(format!("{ff}.type: {} filter cannot be repeated", f.kind));
+        }
         let missing = |name: &str| format!("{ff}.{name} is required for type {}", f.kind);
         out.push(match f.kind.as_str() {
             "RequestHeaderModifier" => Filter::RequestHeaders(compile_header_mods(

@@ -238,7 +238,7 @@ struct HostRoutes {
 }
 
 /// All routes of one port, indexed by hostname and sorted by precedence.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<String, HostRoutes>,
     /// Wildcards, longest suffix first.
@@ -301,6 +301,22 @@ impl RouteTable {
 
     pub fn len(&self) -> usize {
         self.exact.values().chain(self.wildcard.iter()).map(|r| r.entries.len()).sum::<usize>() + self.any.entries.len()
+    }
+}
+
+/// Match entries name their rule by label; every distinct rule (filters, backends, endpoints,
+/// timeouts) is written once under `rules`, so `/config` shows the whole effective configuration.
+impl Serialize for RouteTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut rules = self.rules();
+        rules.sort_by(|a, b| a.label.cmp(&b.label));
+        let mut st = s.serialize_struct("RouteTable", 4)?;
+        st.serialize_field("exact", &self.exact)?;
+        st.serialize_field("wildcard", &self.wildcard)?;
+        st.serialize_field("any", &self.any)?;
+        st.serialize_field("rules", &rules)?;
+        st.end()
     }
 }
 

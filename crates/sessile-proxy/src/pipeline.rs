@@ -418,10 +418,9 @@ fn upstream_request(
         parts.headers.insert(header::UPGRADE, v);
     }
     let peer_ip = ctx.peer.ip().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
-    };
+    // Every X-Forwarded-For field line counts, in order (a list header may be split across lines).
+    let prev: Vec<&str> = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = if prev.is_empty() { peer_ip } else { format!("{}, {peer_ip}", prev.join(", ")) };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }

@@ -292,7 +292,7 @@ async fn handle(ctx: RunCtx, req: Request<Incoming>) -> Result<Response<BackendB
     let is_grpc = header_str(&parts.headers, "content-type").is_some_and(|ct| ct.starts_with("application/grpc"));
 
     let mut resp = if is_grpc {
-        grpc_response(&name, body_bytes)
+        grpc_response(&name, parts.uri.path(), body_bytes)
     } else if parts.uri.path() == "/stream" {
         stream_response(&ctx, &parts.uri, status)
     } else {
@@ -360,16 +360,35 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-fn grpc_response(name: &str, body: Bytes) -> Response<BackendBody> {
+/// gRPC echo: a unary call returns the request messages; a method whose name ends in `Stream`
+/// returns three messages `"<name>:<i>:<request>"` 20 ms apart (server streaming). Trailers carry
+/// `grpc-status: 0` and `x-backend-trailer: <name>`.
+fn grpc_response(name: &str, path: &str, body: Bytes) -> Response<BackendBody> {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     if let Ok(v) = HeaderValue::from_str(name) {
         trailers.insert("x-backend-trailer", v);
     }
-    let (tx, rx) = mpsc::channel(2);
-    // Capacity 2: both sends succeed immediately.
-    let _ = tx.try_send(Frame::data(body));
-    let _ = tx.try_send(Frame::trailers(trailers));
+    let (tx, rx) = mpsc::channel(4);
+    if path.ends_with("Stream") {
+        let request = crate::grpc::unframe(&body).into_iter().next().unwrap_or_default();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let mut msg = format!("{name}:{i}:").into_bytes();
+                msg.extend_from_slice(&request);
+                if tx.send(Frame::data(crate::grpc::frame(&msg))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = tx.send(Frame::trailers(trailers)).await;
+        });
+    } else {
+        // Capacity 4: both sends succeed immediately.
+        let _ = tx.try_send(Frame::data(body));
+        let _ = tx.try_send(Frame::trailers(trailers));
+    }
     let mut resp = Response::new(ChannelBody { rx }.boxed());
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     // HTTP/1.1 (chunked) only sends trailer fields announced here; harmless on HTTP/2.

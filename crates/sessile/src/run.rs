@@ -128,7 +128,9 @@ impl Reloader {
             errors = loaded.errors.len(),
             "configuration applied"
         );
-        shared.apply(t.snapshot, t.statuses);
+        let mut statuses = t.statuses;
+        sessile_config::status::carry_transition_times(&shared.statuses(), &mut statuses);
+        shared.apply(t.snapshot, statuses);
         Ok(())
     }
 }

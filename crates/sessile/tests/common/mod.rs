@@ -175,3 +175,135 @@ pub async fn backends(prefix: &str, n: usize) -> Vec<TestBackend> {
     }
     out
 }
+
+// ---- Session persistence helpers -------------------------------------------------------------
+
+/// Starts a gateway like [`start_gateway`], letting the caller adjust the options (key file, grace).
+pub async fn start_gateway_with(
+    config: TempDir,
+    state: TempDir,
+    port: u16,
+    adjust: impl FnOnce(&mut ServeOptions),
+) -> TestGateway {
+    let mut opts = ServeOptions {
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        state_dir: state.path().to_path_buf(),
+        access_log: AccessLog::Off,
+        ..ServeOptions::default()
+    };
+    adjust(&mut opts);
+    let gateway = start(Source::Path(config.path().to_path_buf()), &opts).await.expect("gateway starts");
+    TestGateway { gateway, config, state, port }
+}
+
+/// A Service whose endpoints are the given backends, each in the given state (`ready`, `draining`, `gone`).
+pub fn service_yaml_states(namespace: &str, name: &str, backends: &[(&TestBackend, &str)]) -> String {
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n"
+    );
+    for (b, state) in backends {
+        out.push_str(&endpoint_slice_yaml(namespace, name, b, state));
+    }
+    out
+}
+
+/// An HTTPRoute `name` in `default` attached to `gw`, with `rules` (YAML list items indented by two spaces).
+/// `created` sets `metadata.creationTimestamp` when given.
+pub fn route_yaml(name: &str, created: Option<&str>, rules: &[String]) -> String {
+    let ts = created.map(|c| format!(", creationTimestamp: \"{c}\"")).unwrap_or_default();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default{ts}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{}",
+        rules.concat()
+    )
+}
+
+/// One route rule: PathPrefix `path`, `backends` (a YAML flow list) and an optional `sessionPersistence` (flow map).
+pub fn rule_yaml(path: &str, backends: &str, persistence: Option<&str>) -> String {
+    let mut out =
+        format!("  - matches: [{{path: {{type: PathPrefix, value: \"{path}\"}}}}]\n    backendRefs: {backends}\n");
+    if let Some(p) = persistence {
+        out.push_str(&format!("    sessionPersistence: {p}\n"));
+    }
+    out
+}
+
+/// A `BackendLBPolicy` (v1alpha2) targeting Service `target` with `persistence` (a flow map).
+pub fn lb_policy_yaml(name: &str, created: Option<&str>, target: &str, persistence: &str) -> String {
+    let ts = created.map(|c| format!(", creationTimestamp: \"{c}\"")).unwrap_or_default();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendLBPolicy\nmetadata: {{name: {name}, namespace: default{ts}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: {target}}}]\n  sessionPersistence: {persistence}\n"
+    )
+}
+
+/// A `kubernetes.io/tls` Secret holding `cert_pem` and `key_pem`.
+pub fn tls_secret_yaml(name: &str, cert_pem: &[u8], key_pem: &[u8]) -> String {
+    let indent = |pem: &[u8]| String::from_utf8_lossy(pem).lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert_pem),
+        indent(key_pem)
+    )
+}
+
+/// A Gateway `gw` with one HTTPS listener on 127.0.0.1:`port` terminating TLS with Secret `secret`.
+pub fn https_gateway_yaml(port: u16, secret: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: sessile\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n  - name: https\n    protocol: HTTPS\n    port: {port}\n    tls: {{mode: Terminate, certificateRefs: [{{name: {secret}}}]}}\n    allowedRoutes: {{namespaces: {{from: All}}}}\n"
+    )
+}
+
+/// The value of the `Set-Cookie` named `name` in `resp`, if any.
+pub fn set_cookie_value(resp: &sessile_testkit::TestResponse, name: &str) -> Option<String> {
+    resp.set_cookies().iter().find_map(|sc| {
+        let (n, rest) = sc.split_once('=')?;
+        (n.trim() == name).then(|| rest.split(';').next().unwrap_or("").trim().to_string())
+    })
+}
+
+/// The whole `Set-Cookie` line for cookie `name`, if any.
+pub fn set_cookie_line(resp: &sessile_testkit::TestResponse, name: &str) -> Option<String> {
+    resp.set_cookies().into_iter().find(|sc| sc.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+}
+
+/// Sum of the samples of metric `name` whose line contains every string of `filters`.
+pub fn metric(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// URL-safe base64 without padding (enough for tokens in tests).
+pub fn b64url_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(B64URL[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Decodes URL-safe base64 without padding; `None` on a bad character.
+pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = B64URL.iter().position(|&x| x == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
