@@ -127,6 +127,8 @@ enum PendingTarget {
 /// One (route, gateway) attachment with the listeners it got.
 struct Attachment {
     route: usize,
+    /// Index of the parentRef status entry of this attachment.
+    parent: usize,
     gateway: usize,
     hostnames: Vec<(usize, HostPattern)>,
 }
@@ -433,9 +435,7 @@ impl<'a> Translator<'a> {
             let (Some(cert_pem), Some(key_pem)) = (get("tls.crt"), get("tls.key")) else {
                 return Err(format!("{field}: Secret {ns}/{} must hold tls.crt and tls.key", r.name));
             };
-            if !contains_pem(&cert_pem, "CERTIFICATE") || !contains_pem(&key_pem, "PRIVATE KEY") {
-                return Err(format!("{field}: Secret {ns}/{} does not hold a PEM certificate and private key", r.name));
-            }
+            check_tls_pem(&cert_pem, &key_pem).map_err(|e| format!("{field}: Secret {ns}/{}: {e}", r.name))?;
             out.push(Arc::new(Certificate {
                 hostname: hostname.clone(),
                 secret: format!("{ns}/{}", r.name),
@@ -719,14 +719,15 @@ impl<'a> Translator<'a> {
             let mut parents = Vec::new();
             for pref in &route.spec.parent_refs {
                 if let Some((status_ref, c, attachment)) = self.attach(ri, route, pref) {
-                    parents.push((status_ref, c));
                     if let Some(a) = attachment {
-                        attachments.push(a);
+                        attachments.push(Attachment { parent: parents.len(), ..a });
                     }
+                    parents.push((status_ref, c));
                 }
             }
             route_parents.push(parents);
         }
+        self.resolve_kind_conflicts(&mut attachments, &mut route_parents);
 
         // Per gateway: session scoping and name conflicts, then rules and match entries.
         let mut dropped_on_gateway: HashMap<(usize, usize), Vec<String>> = HashMap::new();
@@ -812,6 +813,38 @@ impl<'a> Translator<'a> {
             }
             let status = json!({"parents": parents_json});
             self.push_status(route, status, healthy);
+        }
+    }
+
+    /// An HTTPRoute and a GRPCRoute may not serve the same hostname on one listener: the older route
+    /// (then namespace/name) keeps it; a route left with no hostname there is not accepted.
+    fn resolve_kind_conflicts(&self, attachments: &mut [Attachment], parents: &mut [Vec<(Value, Conditions)>]) {
+        let res = self.res;
+        let mut losses: Vec<(usize, Vec<(usize, HostPattern)>, String)> = Vec::new();
+        for (i, a) in attachments.iter().enumerate() {
+            for b in attachments.iter().filter(|b| b.gateway == a.gateway) {
+                let (ra, rb) = (&res.routes[a.route], &res.routes[b.route]);
+                if ra.kind == rb.kind || (rb.created, rb.key()) >= (ra.created, ra.key()) {
+                    continue;
+                }
+                let lost: Vec<(usize, HostPattern)> =
+                    a.hostnames.iter().filter(|h| b.hostnames.contains(h)).cloned().collect();
+                if !lost.is_empty() {
+                    let msg = format!(
+                        "{} {} is older and already serves the same hostnames on this listener",
+                        rb.kind,
+                        rb.key()
+                    );
+                    losses.push((i, lost, msg));
+                }
+            }
+        }
+        for (i, lost, msg) in losses {
+            let a = &mut attachments[i];
+            a.hostnames.retain(|h| !lost.contains(h));
+            if a.hostnames.is_empty() {
+                parents[a.route][a.parent].1.set("Accepted", false, "Conflicted", msg);
+            }
         }
     }
 
@@ -928,7 +961,7 @@ impl<'a> Translator<'a> {
         // Only programmed listeners carry traffic.
         hostnames.retain(|(li, _)| self.listeners[*li].programmed);
         c.set("Accepted", true, "Accepted", format!("attached to Gateway {ns}/{}", pref.name));
-        Some((status_ref, c, Some(Attachment { route: ri, gateway: gi, hostnames })))
+        Some((status_ref, c, Some(Attachment { route: ri, parent: 0, gateway: gi, hostnames })))
     }
 
     /// Compiles a route's rules: (valid rules, "Dropped Rule" messages, unresolved backendRefs).
@@ -1294,9 +1327,17 @@ fn kind_order(kind: &str) -> u8 {
     }
 }
 
-fn contains_pem(bytes: &[u8], label: &str) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    text.contains("-----BEGIN ") && text.contains(label)
+/// Checks that a Secret holds a PEM certificate chain and a PEM private key that parse.
+fn check_tls_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("tls.crt: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt holds no PEM certificate".into());
+    }
+    PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: {e}"))?;
+    Ok(())
 }
 
 /// The conflict key of a scope's carrier name: cookies are case-sensitive, headers are not.

@@ -30,6 +30,8 @@ pub struct ConnContext {
     pub bind: SocketAddr,
     pub peer: SocketAddr,
     pub https: bool,
+    /// The TLS server name the client asked for (lowercase), on HTTPS listeners.
+    pub sni: Option<String>,
 }
 
 /// What the log line and metrics need to know about a finished request.
@@ -48,7 +50,11 @@ pub async fn handle(
     let method = req.method().clone();
     let path_for_log = req.uri().path().to_string();
     let mut log = RequestLog { route: String::new(), endpoint: None, flag: SessionFlag::None };
-    let resp = route_and_proxy(&ctx, req, &mut log).await;
+    let grpc = is_grpc(&req);
+    let mut resp = route_and_proxy(&ctx, req, &mut log).await;
+    if grpc && matches!(resp.body(), Either::Right(_)) && resp.status() != StatusCode::OK {
+        resp = grpc_error(resp.status());
+    }
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
     let metrics = &ctx.shared.metrics;
@@ -99,6 +105,15 @@ async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mu
         };
         port.routes.lookup(&view)
     };
+    if let Some(sni) = &ctx.sni
+        && *sni != host
+        && !sni_covers_host(&port.certificates, sni, &host)
+    {
+        return local(
+            StatusCode::MISDIRECTED_REQUEST,
+            "the Host header names another listener than the TLS server name\n",
+        );
+    }
     let Some(entry) = entry else {
         return local(StatusCode::NOT_FOUND, "no route matched\n");
     };
@@ -462,6 +477,36 @@ fn redirect<B>(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    resp
+}
+
+/// Whether the certificate (listener) chosen for `sni` also serves `host`; otherwise the request is misdirected.
+fn sni_covers_host(certs: &[Arc<sessile_core::Certificate>], sni: &str, host: &str) -> bool {
+    let chosen = certs.iter().filter(|c| c.hostname.matches(sni)).max_by_key(|c| c.hostname.specificity());
+    chosen.is_none_or(|c| c.hostname.matches(host))
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A gateway error for a gRPC client: HTTP 200 with the status in `grpc-status` (a trailers-only response).
+fn grpc_error(status: StatusCode) -> Response<ProxyBody> {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("12", "no route matched"),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => ("14", "no healthy endpoint available"),
+        StatusCode::GATEWAY_TIMEOUT => ("4", "deadline exceeded"),
+        StatusCode::MISDIRECTED_REQUEST => ("14", "misdirected request"),
+        _ => ("13", "gateway error"),
+    };
+    let mut resp = local(StatusCode::OK, "");
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(HeaderName::from_static("grpc-status"), HeaderValue::from_static(code));
+    h.insert(HeaderName::from_static("grpc-message"), HeaderValue::from_static(message));
     resp
 }
 

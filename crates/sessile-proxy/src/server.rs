@@ -173,17 +173,22 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnContext {
-            shared: shared.clone(),
-            upstreams: upstreams.clone(),
-            bind,
-            peer,
-            https: protocol == ListenerProtocol::Https,
-        });
-        let service = service_fn(move |req| handle(ctx.clone(), req));
+        let (conn_shared, conn_upstreams) = (shared.clone(), upstreams.clone());
+        let context = move |sni: Option<String>| {
+            Arc::new(ConnContext {
+                shared: conn_shared,
+                upstreams: conn_upstreams,
+                bind,
+                peer,
+                https: protocol == ListenerProtocol::Https,
+                sni,
+            })
+        };
         let builder = builder.clone();
         match protocol {
             ListenerProtocol::Http => {
+                let ctx = context(None);
+                let service = service_fn(move |req| handle(ctx.clone(), req));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let watched = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -198,6 +203,8 @@ async fn accept_loop(
                     else {
                         return;
                     };
+                    let ctx = context(stream.get_ref().1.server_name().map(str::to_ascii_lowercase));
+                    let service = service_fn(move |req| handle(ctx.clone(), req));
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let _ = graceful.watch(conn).await;
                 });
