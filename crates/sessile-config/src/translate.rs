@@ -71,6 +71,8 @@ type Unresolved = (String, String);
 /// A route's rules after compilation: valid rules, "Dropped Rule" messages, unresolved backendRefs.
 type CompiledRoute = (Vec<CompiledRule>, Vec<String>, Vec<Unresolved>);
 type BackendResult = Result<Arc<Backend>, Unresolved>;
+/// (listener index, effective hostname) pairs of an attachment.
+type ListenerHosts = Vec<(usize, HostPattern)>;
 /// (route index, rule index).
 type RuleKey = (usize, usize);
 /// Per rule: its session policy, none, or `Err` when the rule lost a name conflict and is dropped.
@@ -130,7 +132,7 @@ struct Attachment {
     /// Index of the parentRef status entry of this attachment.
     parent: usize,
     gateway: usize,
-    hostnames: Vec<(usize, HostPattern)>,
+    hostnames: ListenerHosts,
 }
 
 /// A session scope claiming a cookie/header name on one gateway.
@@ -820,7 +822,7 @@ impl<'a> Translator<'a> {
     /// (then namespace/name) keeps it; a route left with no hostname there is not accepted.
     fn resolve_kind_conflicts(&self, attachments: &mut [Attachment], parents: &mut [Vec<(Value, Conditions)>]) {
         let res = self.res;
-        let mut losses: Vec<(usize, Vec<(usize, HostPattern)>, String)> = Vec::new();
+        let mut losses: Vec<(usize, ListenerHosts, String)> = Vec::new();
         for (i, a) in attachments.iter().enumerate() {
             for b in attachments.iter().filter(|b| b.gateway == a.gateway) {
                 let (ra, rb) = (&res.routes[a.route], &res.routes[b.route]);
