@@ -98,8 +98,10 @@ impl Health {
             let nb = new_backends.iter().find(|b| b.id == ob.id);
             for e in &ob.endpoints {
                 let still_there = nb.is_some_and(|nb| nb.find_endpoint(e.addr, e.identity_hash).is_some());
+                // Its address now belongs to another identity: that endpoint must not get these sessions.
+                let address_reused = !still_there && nb.is_some_and(|nb| nb.endpoints.iter().any(|n| n.addr == e.addr));
                 let list = departed.entry(ob.id_hash).or_default();
-                if still_there {
+                if still_there || address_reused {
                     list.retain(|d| !(d.addr == e.addr && d.identity_hash == e.identity_hash));
                 } else if !list.iter().any(|d| d.addr == e.addr && d.identity_hash == e.identity_hash) {
                     list.push(Departed { addr: e.addr, identity_hash: e.identity_hash, protocol: ob.protocol, until });

@@ -178,6 +178,11 @@ fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr])
             };
             return (Eligibility::Eligible, Some(target));
         }
+        // An address that now belongs to another endpoint identity (a new pod reusing the IP) does
+        // not inherit the departed endpoint's sessions.
+        if backend.endpoints.iter().any(|e| e.addr == c.endpoint) {
+            continue;
+        }
         if let Some(d) = shared.health.departed(c.backend, c.endpoint, c.endpoint_identity) {
             if !usable(d.addr) {
                 return (Eligibility::Unhealthy, None);
@@ -196,8 +201,24 @@ fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr])
 }
 
 /// Load-balances a request without a usable session: backend by weight, endpoint round-robin.
+///
+/// Endpoints in their refused-connection back-off are skipped, unless every ready endpoint is
+/// (panic mode): then they are tried anyway, so an endpoint that is back serves at once instead
+/// of after the back-off. Endpoints that refused this very request (`exclude`) are never retried.
 fn pick_new(shared: &Shared, rule: &Rule, exclude: &[SocketAddr]) -> Result<Target, NoTarget> {
-    let usable = |addr: SocketAddr| shared.health.is_healthy(addr) && !exclude.contains(&addr);
+    match pick_new_with(shared, rule, exclude, true) {
+        Err(NoTarget::NoEndpoint) => pick_new_with(shared, rule, exclude, false),
+        picked => picked,
+    }
+}
+
+fn pick_new_with(
+    shared: &Shared,
+    rule: &Rule,
+    exclude: &[SocketAddr],
+    skip_unhealthy: bool,
+) -> Result<Target, NoTarget> {
+    let usable = |addr: SocketAddr| (!skip_unhealthy || shared.health.is_healthy(addr)) && !exclude.contains(&addr);
     let Some(first) = rule.pick_weighted(balance::roll(rule.total_weight)) else {
         return Err(NoTarget::InvalidBackend);
     };
