@@ -41,6 +41,12 @@ impl std::error::Error for LoadError {}
 #[derive(Debug, Default)]
 pub struct Loader {
     first_seen: HashMap<String, i64>,
+    /// Objects seen in the load in progress (entries for objects that disappeared are forgotten).
+    seen: std::collections::HashSet<String>,
+    /// Where first-seen times are kept across restarts (`--state-dir`), if anywhere.
+    memory: Option<PathBuf>,
+    /// A first-seen time was added since the last save.
+    dirty: bool,
 }
 
 /// The result of one load: usable objects and the documents that were not usable.
@@ -55,6 +61,31 @@ pub struct Loaded {
 impl Loader {
     pub fn new() -> Loader {
         Loader::default()
+    }
+
+    /// A loader that keeps first-seen times in `path` (JSON), so that objects without
+    /// `creationTimestamp` keep their age, and conflicts their winners, across restarts.
+    pub fn with_memory(path: PathBuf) -> Loader {
+        let first_seen = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Loader { first_seen, memory: Some(path), ..Loader::default() }
+    }
+
+    /// Forgets objects not seen in the load that just finished and saves the times when they changed.
+    fn finish_load(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        let before = self.first_seen.len();
+        self.first_seen.retain(|k, _| seen.contains(k));
+        let changed = std::mem::take(&mut self.dirty) || self.first_seen.len() != before;
+        if let (true, Some(path)) = (changed, &self.memory) {
+            let tmp = path.with_extension("tmp");
+            let written = serde_json::to_vec(&self.first_seen)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = written {
+                eprintln!("sessile: cannot save {}: {e}", path.display());
+            }
+        }
     }
 
     /// Loads a YAML file or every `*.yaml`/`*.yml` below a directory (sorted, recursive, hidden entries skipped).
@@ -88,6 +119,7 @@ impl Loader {
             }
         }
         loaded.files = files;
+        self.finish_load();
         Ok(loaded)
     }
 
@@ -95,6 +127,7 @@ impl Loader {
     pub fn load_str(&mut self, file: &str, text: &str) -> Loaded {
         let mut loaded = Loaded::default();
         self.load_str_at(file, text, now_secs(), &mut loaded);
+        self.finish_load();
         loaded
     }
 
@@ -156,7 +189,15 @@ impl Loader {
             Some(ts) => parse_timestamp(ts).ok_or_else(|| {
                 (object.clone(), format!("field metadata.creationTimestamp: {ts:?} is not an RFC 3339 time"))
             })?,
-            None => *self.first_seen.entry(format!("{kind}/{namespace}/{}", meta.name)).or_insert(now),
+            None => {
+                let key = format!("{kind}/{namespace}/{}", meta.name);
+                let t = *self.first_seen.entry(key.clone()).or_insert_with(|| {
+                    self.dirty = true;
+                    now
+                });
+                self.seen.insert(key);
+                t
+            }
         };
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let head = Head {

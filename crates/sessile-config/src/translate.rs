@@ -1402,6 +1402,7 @@ fn build_rule(route: Arc<RouteRef>, rule: &CompiledRule, session: Option<Arc<Ses
         total_weight: cumulative,
         timeouts: rule.timeouts,
         session,
+        picks: Default::default(),
     }
 }
 

@@ -26,6 +26,7 @@ fn table(routes: usize) -> RouteTable {
             total_weight: 0,
             timeouts: Timeouts::default(),
             session: None,
+            picks: Default::default(),
         });
         let m = RequestMatch {
             path: PathMatch::prefix(&format!("/api/v{}/svc{i}", i % 7)),

@@ -1,34 +1,8 @@
 //! Load balancing: weighted backend choice and round-robin endpoint choice that skips the ineligible.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 
 use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, WeightedBackend};
-
-/// A fast per-thread pseudo-random source for weighted picks (not for secrets).
-pub fn roll(bound: u64) -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    if bound == 0 {
-        return 0;
-    }
-    STATE.with(|s| {
-        // splitmix64
-        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z as u128 * bound as u128) >> 64) as u64
-    })
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    t ^ (&local as *const u8 as u64).rotate_left(32)
-}
 
 /// Picks a ready endpoint of `backend` round-robin, skipping those `usable` rejects.
 /// Draining endpoints never receive new sessions or new unpinned traffic.
@@ -81,16 +55,5 @@ mod tests {
             assert_eq!(pick_endpoint(&b, |a| a.port() != 1).unwrap().addr.port(), 3);
         }
         assert!(pick_endpoint(&b, |_| false).is_none());
-    }
-
-    #[test]
-    fn roll_is_bounded_and_spread() {
-        let mut counts = [0u32; 10];
-        for _ in 0..10_000 {
-            let r = roll(10);
-            assert!(r < 10);
-            counts[r as usize] += 1;
-        }
-        assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -102,9 +102,21 @@ pub struct Rule {
     pub total_weight: u64,
     pub timeouts: Timeouts,
     pub session: Option<Arc<SessionPolicy>>,
+    /// Counts weighted picks (see `next_weighted`).
+    #[serde(skip)]
+    pub picks: AtomicU64,
 }
 
 impl Rule {
+    /// The next backendRef by weight. Picks follow a golden-ratio (Weyl) sequence over the
+    /// cumulative weights: deterministic, and any run of N picks is within a few picks of the
+    /// exact split (low discrepancy), unlike independent random rolls.
+    pub fn next_weighted(&self) -> Option<&WeightedBackend> {
+        let n = self.picks.fetch_add(1, Ordering::Relaxed);
+        let fraction = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.pick_weighted(((u128::from(fraction) * u128::from(self.total_weight)) >> 64) as u64)
+    }
+
     /// Picks a backendRef by weight from `roll` in `0..total_weight`. `None` when all weights are 0.
     pub fn pick_weighted(&self, roll: u64) -> Option<&WeightedBackend> {
         if self.total_weight == 0 {
@@ -342,6 +354,38 @@ mod serde_opt_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_picks_follow_the_weights_closely() {
+        let backend = |weight: u32, cumulative: u64| WeightedBackend {
+            weight,
+            cumulative,
+            target: BackendTarget::Invalid { reason: String::new() },
+            filters: vec![],
+        };
+        let rule = Rule {
+            route: Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() }),
+            index: 0,
+            name: None,
+            label: "ns/r/0".into(),
+            filters: vec![],
+            backends: vec![backend(70, 70), backend(0, 70), backend(30, 100)],
+            total_weight: 100,
+            timeouts: Timeouts::default(),
+            session: None,
+            picks: AtomicU64::new(0),
+        };
+        for window in [100, 500, 1000] {
+            let mut counts = [0usize; 3];
+            for _ in 0..window {
+                let b = rule.next_weighted().unwrap();
+                counts[rule.backends.iter().position(|x| std::ptr::eq(x, b)).unwrap()] += 1;
+            }
+            assert_eq!(counts[1], 0, "weight 0 never picked");
+            let share = counts[0] as f64 / window as f64;
+            assert!((share - 0.7).abs() < 0.02, "{counts:?} over {window}");
+        }
+    }
 
     #[test]
     fn replace_prefix_match() {

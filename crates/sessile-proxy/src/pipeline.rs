@@ -48,7 +48,8 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path_for_log = req.uri().path().to_string();
+    let path_for_log =
+        if ctx.shared.access_log == AccessLog::Off { String::new() } else { req.uri().path().to_string() };
     let mut log = RequestLog { route: String::new(), endpoint: None, flag: SessionFlag::None };
     let grpc = is_grpc(&req);
     let mut resp = route_and_proxy(&ctx, req, &mut log).await;
@@ -320,15 +321,42 @@ fn write_token(
             }
         }
     }
-    // Shared caches must never hand one client's session token to another.
-    let strong = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            let s = s.to_ascii_lowercase();
-            s.contains("private") || s.contains("no-store") || s.contains("no-cache")
-        })
-    });
-    if !strong {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    // Shared caches must never hand one client's session token to another: keep `private` or
+    // `no-store` when the backend sent them, else add `private` (dropping `public`, keeping the rest).
+    keep_out_of_shared_caches(headers);
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one, joined with "; " (RFC 9113 8.2.3).
+fn join_cookie_fields(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+fn keep_out_of_shared_caches(headers: &mut HeaderMap) {
+    let directives: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let name = |d: &str| d.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+    if directives.iter().any(|d| matches!(name(d).as_str(), "private" | "no-store")) {
+        return;
+    }
+    let mut value = String::from("private");
+    for d in directives.iter().filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage")) {
+        value.push_str(", ");
+        value.push_str(d);
+    }
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::CACHE_CONTROL, v);
     }
 }
 
@@ -399,30 +427,31 @@ fn upstream_request(
 ) -> Result<Request<Incoming>, &'static str> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let host = match new_host {
-        Some(h) => h.to_string(),
-        None => authority.to_string(),
-    };
-    let path_and_query = match (new_path, parts.uri.query()) {
+    let host = new_host.unwrap_or(authority);
+    let bad = |_| "invalid request target\n";
+    let path_and_query = || match (new_path, parts.uri.query()) {
         (Some(p), Some(q)) => format!("{p}?{q}"),
         (Some(p), None) => p.to_string(),
         (None, _) => parts.uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string()),
     };
-    let bad = |_| "invalid request target\n";
     match protocol {
         sessile_core::UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
-            parts.uri = Uri::try_from(path_and_query).map_err(bad)?;
-            match HeaderValue::from_str(&host) {
-                Ok(v) => {
-                    parts.headers.insert(header::HOST, v);
-                }
-                Err(_) => return Err("invalid host\n"),
+            // An HTTP/1.1 origin-form target passes through as is (no re-parse) unless rewritten.
+            if new_path.is_some() || parts.uri.authority().is_some() {
+                parts.uri = Uri::try_from(path_and_query()).map_err(bad)?;
+            }
+            join_cookie_fields(&mut parts.headers);
+            let keep_host =
+                new_host.is_none() && parts.headers.get(header::HOST).is_some_and(|h| h.as_bytes() == host.as_bytes());
+            if !keep_host {
+                let v = HeaderValue::from_str(host).map_err(|_| "invalid host\n")?;
+                parts.headers.insert(header::HOST, v);
             }
         }
         sessile_core::UpstreamProtocol::H2c => {
             parts.version = Version::HTTP_2;
-            parts.uri = Uri::try_from(format!("http://{host}{path_and_query}")).map_err(bad)?;
+            parts.uri = Uri::try_from(format!("http://{host}{}", path_and_query())).map_err(bad)?;
             parts.headers.remove(header::HOST);
         }
     }

@@ -219,7 +219,7 @@ fn pick_new_with(
     skip_unhealthy: bool,
 ) -> Result<Target, NoTarget> {
     let usable = |addr: SocketAddr| (!skip_unhealthy || shared.health.is_healthy(addr)) && !exclude.contains(&addr);
-    let Some(first) = rule.pick_weighted(balance::roll(rule.total_weight)) else {
+    let Some(first) = rule.next_weighted() else {
         return Err(NoTarget::InvalidBackend);
     };
     let BackendTarget::Service(_) = &first.target else { return Err(NoTarget::InvalidBackend) };

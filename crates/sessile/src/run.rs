@@ -141,12 +141,14 @@ pub async fn start(source: Source, opts: &ServeOptions) -> anyhow::Result<Gatewa
         Some(path) => KeyRing::load(path)?,
         None => KeyRing::load_or_create(&opts.state_dir)?,
     };
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("creating state directory {}", opts.state_dir.display()))?;
     let shared = Shared::new(keys, opts.access_log);
     let reloader = Arc::new(Reloader {
         source: source.clone(),
         keys_file: opts.session_keys.clone(),
         drain_grace: opts.drain_grace,
-        loader: Mutex::new(Loader::new()),
+        loader: Mutex::new(Loader::with_memory(opts.state_dir.join("first-seen.json"))),
         version: AtomicU64::new(0),
     });
     reloader.reload(&shared)?;
@@ -251,11 +253,16 @@ pub fn serve_blocking(source: Source, opts: &ServeOptions) -> ExitCode {
     })
 }
 
+/// The data-plane runtime: one thread per core by default; `--workers 1` uses a single-threaded
+/// scheduler, which avoids work-stealing overhead when the proxy is pinned to one core.
 pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        b.worker_threads(n);
     }
     b.build()
 }

@@ -374,7 +374,6 @@ async fn all_endpoints_refusing_is_an_error_not_a_hang() {
 }
 
 #[tokio::test]
-#[ignore = "session.rs pick_new has no panic mode: when every endpoint is in its refused-connection back-off, requests get 503 for up to 5 s without trying any endpoint, even one that is back"]
 async fn a_restarted_endpoint_is_tried_when_every_endpoint_is_in_back_off() {
     let b = sessile_testkit::start_backend("b0").await.unwrap();
     let gw = setup(&[&b]).await;

@@ -837,7 +837,6 @@ async fn https_listener_session_cookie_is_secure() {
 }
 
 #[tokio::test]
-#[ignore = "needs fix in crates/sessile-proxy/src/pipeline.rs write_token: no-cache is not stronger than private"]
 async fn no_cache_from_the_backend_still_keeps_the_token_out_of_shared_caches() {
     // `no-cache` lets a shared cache store the response (Set-Cookie included) and serve it to
     // another client after revalidation; only `private` or `no-store` keep the token out.

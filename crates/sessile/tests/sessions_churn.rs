@@ -318,7 +318,6 @@ async fn inserting_a_rule_above_does_not_break_existing_sessions() {
 }
 
 #[tokio::test]
-#[ignore = "needs fix in crates/sessile-config/src/load.rs: file-mode creation times are not persisted across restarts"]
 async fn conflict_winner_without_timestamps_survives_a_restart() {
     let b = backends("cw", 2).await;
     let svc = "[{name: svc, port: 80}]";
@@ -397,7 +396,6 @@ async fn h2_clients_may_split_cookies_across_header_fields() {
 }
 
 #[tokio::test]
-#[ignore = "needs fix in crates/sessile-proxy/src/pipeline.rs: join h2 cookie fields for HTTP/1.1 upstreams"]
 async fn h2_split_cookies_reach_an_http1_backend_as_one_field() {
     let b = backends("join", 1).await;
     let gw = simple_with(&b, "{sessionName: sid}", None).await;
