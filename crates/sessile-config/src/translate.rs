@@ -108,6 +108,8 @@ struct CompiledRule {
     index: usize,
     name: Option<String>,
     matches: Vec<RequestMatch>,
+    /// GRPCRoute only: (service, method) characters of each match, for precedence.
+    grpc_chars: Vec<(usize, usize)>,
     filters: Vec<Filter>,
     backends: Vec<PendingBackend>,
     timeouts: Timeouts,
@@ -759,7 +761,10 @@ impl<'a> Translator<'a> {
                     for (mi, m) in rule.matches.iter().enumerate() {
                         for (li, host) in &a.hostnames {
                             let l = &self.listeners[*li];
-                            let summary = MatchSummary::new(m, route.created, route.key(), rule.index, mi);
+                            let mut summary = MatchSummary::new(m, route.created, route.key(), rule.index, mi);
+                            if let Some(&(service, method)) = rule.grpc_chars.get(mi) {
+                                summary = summary.for_grpc(service, method);
+                            }
                             entries.entry(l.bind).or_default().push((
                                 host.clone(),
                                 MatchEntry {
@@ -1048,7 +1053,21 @@ impl<'a> Translator<'a> {
             };
             backends.push(PendingBackend { weight: weight as u32, target, filters: bfilters });
         }
-        Ok(CompiledRule { index: idx, name: rule.name.clone(), matches, filters, backends, timeouts, persistence })
+        let grpc_chars = match (grpc, rule.matches.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![(0, 0)],
+            (true, false) => rule.matches.iter().map(grpc_chars).collect(),
+        };
+        Ok(CompiledRule {
+            index: idx,
+            name: rule.name.clone(),
+            matches,
+            grpc_chars,
+            filters,
+            backends,
+            timeouts,
+            persistence,
+        })
     }
 
     fn resolve_backend_ref(
@@ -1416,6 +1435,12 @@ fn compile_string_match(kind: Option<&str>, value: &str, field: &str) -> Result<
         "RegularExpression" => Ok(StringMatch::Regex(compile_regex(value, field)?)),
         other => Err(format!("{field}.type: unsupported value {other:?}")),
     }
+}
+
+/// Characters of the service and method a GRPCRoute match names (precedence inputs).
+fn grpc_chars(m: &raw::RouteMatch) -> (usize, usize) {
+    let method: raw::GrpcMethod = m.method.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    (method.service.map_or(0, |s| s.len()), method.method.map_or(0, |s| s.len()))
 }
 
 fn compile_match(m: &raw::RouteMatch, grpc: bool, field: &str) -> Result<RequestMatch, String> {

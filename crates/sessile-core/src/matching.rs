@@ -164,7 +164,10 @@ pub struct RequestView<'a> {
 pub struct MatchSummary {
     /// 2 Exact, 1 RegularExpression, 0 PathPrefix.
     pub path_kind: u8,
+    /// Path length; for GRPCRoute, the characters of the matched service.
     pub path_len: usize,
+    /// GRPCRoute: characters of the matched method (0 for HTTPRoute).
+    pub method_chars: usize,
     pub has_method: bool,
     pub headers: usize,
     pub query: usize,
@@ -186,6 +189,7 @@ impl MatchSummary {
         MatchSummary {
             path_kind,
             path_len,
+            method_chars: 0,
             has_method: m.method.is_some(),
             headers: m.headers.len(),
             query: m.query.len(),
@@ -197,6 +201,17 @@ impl MatchSummary {
     }
 }
 
+impl MatchSummary {
+    /// GRPCRoute precedence: most characters in the matched service, then in the method
+    /// (the path form of a gRPC match says nothing about which of the two it names).
+    pub fn for_grpc(mut self, service_chars: usize, method_chars: usize) -> Self {
+        self.path_kind = 0;
+        self.path_len = service_chars;
+        self.method_chars = method_chars;
+        self
+    }
+}
+
 impl Ord for MatchSummary {
     fn cmp(&self, other: &Self) -> Ordering {
         // More specific first (reverse), then older, then alphabetical, then declaration order.
@@ -204,6 +219,7 @@ impl Ord for MatchSummary {
             .path_kind
             .cmp(&self.path_kind)
             .then(other.path_len.cmp(&self.path_len))
+            .then(other.method_chars.cmp(&self.method_chars))
             .then(other.has_method.cmp(&self.has_method))
             .then(other.headers.cmp(&self.headers))
             .then(other.query.cmp(&self.query))

@@ -286,3 +286,36 @@ async fn certificates_reload_with_the_config_and_bad_pem_is_reported() {
     assert!(resolved["message"].as_str().unwrap().contains("tls.crt"), "{resolved}");
     gw.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_precedence_prefers_service_characters_and_supports_regex_methods() {
+    let bs = backends("p", 3).await;
+    let port = free_port();
+    let rules = "  - matches: [{method: {method: Get}}]\n    backendRefs: [{name: by-method, port: 80}]\n  - matches: [{method: {service: svc.Foo}}]\n    backendRefs: [{name: by-service, port: 80}]\n  - matches: [{method: {type: RegularExpression, service: \"svc\\\\.Ba[rz]\", method: \"List.*\"}}]\n    backendRefs: [{name: by-regex, port: 80}]\n";
+    let gw = gateway_with(
+        port,
+        &[
+            ("gw.yaml", gateway_yaml(port)),
+            (
+                "svc.yaml",
+                format!(
+                    "{}{}{}",
+                    service_yaml("default", "by-method", &[&bs[0]]),
+                    service_yaml("default", "by-service", &[&bs[1]]),
+                    service_yaml("default", "by-regex", &[&bs[2]])
+                ),
+            ),
+            ("route.yaml", grpc_route("g", rules)),
+        ],
+    )
+    .await;
+    let client = TestClient::h2c();
+    let call = |method: &'static str| client.send(grpc_call(&gw, method, "x"));
+    // Both the method-only and the service-only rule match; more service characters win.
+    assert_eq!(call("/svc.Foo/Get").await.unwrap().backend().as_deref(), Some("p1"));
+    assert_eq!(call("/other.Svc/Get").await.unwrap().backend().as_deref(), Some("p0"));
+    assert_eq!(call("/svc.Baz/ListAll").await.unwrap().backend().as_deref(), Some("p2"));
+    let miss = call("/svc.Bax/ListAll").await.unwrap();
+    assert_eq!(miss.header("grpc-status"), Some("12"));
+    gw.gateway.stop().await;
+}
