@@ -610,7 +610,7 @@ impl<'a> Translator<'a> {
                 });
             }
         }
-        Ok(Arc::new(Backend::new(id.clone(), keyed_hash(salt, id.as_bytes()), protocol, endpoints)))
+        Ok(Arc::new(Backend::new(id.as_str().into(), keyed_hash(salt, id.as_bytes()), protocol, endpoints)))
     }
 
     // ---- Policies -----------------------------------------------------------------------------
@@ -1412,7 +1412,7 @@ fn build_rule(route: Arc<RouteRef>, rule: &CompiledRule, session: Option<Arc<Ses
         })
         .collect();
     Rule {
-        label: format!("{}/{}/{}", route.namespace, route.name, rule.index),
+        label: format!("{}/{}/{}", route.namespace, route.name, rule.index).into(),
         route,
         index: rule.index,
         name: rule.name.clone(),

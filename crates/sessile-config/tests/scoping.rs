@@ -38,7 +38,7 @@ fn run(extra: &str) -> (Vec<Arc<Rule>>, serde_json::Value) {
 }
 
 fn rule<'a>(rules: &'a [Arc<Rule>], label: &str) -> &'a Rule {
-    rules.iter().find(|r| r.label == label).unwrap_or_else(|| panic!("no rule {label}"))
+    rules.iter().find(|r| &*r.label == label).unwrap_or_else(|| panic!("no rule {label}"))
 }
 
 fn status<'a>(statuses: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
@@ -130,7 +130,7 @@ fn older_route_wins_a_cookie_name_conflict() {
         route("older", "2024-01-01T00:00:00Z", rules).replace("rules:\n", "hostnames: [a.example.com]\n  rules:\n");
     let (rules, statuses) = run(&format!("{newer}---\n{older}"));
     assert_eq!(cookie_name(rule(&rules, "default/older/0")), "same");
-    assert!(rules.iter().all(|r| r.label != "default/newer/0"), "the losing rule is dropped");
+    assert!(rules.iter().all(|r| &*r.label != "default/newer/0"), "the losing rule is dropped");
     let parent = &status(&statuses, "HTTPRoute", "newer")["status"]["parents"][0]["conditions"];
     let pi = condition(parent, "PartiallyInvalid").unwrap();
     assert_eq!(pi["status"], "True");
@@ -191,7 +191,7 @@ fn invalid_persistence_drops_only_that_rule() {
     let routes = "  - matches: [{path: {value: /bad}}]\n    backendRefs: [{name: v1, port: 80}]\n    sessionPersistence: {cookieConfig: {lifetimeType: Permanent}}\n  - matches: [{path: {value: /good}}]\n    backendRefs: [{name: v1, port: 80}]\n";
     let (rules, statuses) = run(&route("r", "2024-01-01T00:00:00Z", routes));
     assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].label, "default/r/1");
+    assert_eq!(&*rules[0].label, "default/r/1");
     let parent = &status(&statuses, "HTTPRoute", "r")["status"]["parents"][0]["conditions"];
     assert_eq!(condition(parent, "Accepted").unwrap()["status"], "True");
     let msg = condition(parent, "PartiallyInvalid").unwrap()["message"].as_str().unwrap();

@@ -17,7 +17,7 @@ fn table(routes: usize) -> RouteTable {
     for i in 0..routes {
         let route = Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: format!("r{i}") });
         let rule = Arc::new(Rule {
-            label: format!("ns/r{i}/0"),
+            label: format!("ns/r{i}/0").into(),
             route,
             index: 0,
             name: None,

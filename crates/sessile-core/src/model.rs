@@ -94,8 +94,8 @@ pub struct Rule {
     pub index: usize,
     /// The rule's `name` when set, for logs.
     pub name: Option<String>,
-    /// `namespace/name/rule-index`, the label used in metrics and logs.
-    pub label: String,
+    /// `namespace/name/rule-index`, the label used in metrics and logs (shared, never copied per request).
+    pub label: Arc<str>,
     pub filters: Vec<Filter>,
     pub backends: Vec<WeightedBackend>,
     /// Sum of all weights (0 when every weight is 0 or there are no backends).
@@ -159,8 +159,8 @@ pub enum BackendTarget {
 /// A Service port and its endpoints.
 #[derive(Debug, Serialize)]
 pub struct Backend {
-    /// `namespace/service:port`.
-    pub id: String,
+    /// `namespace/service:port` (shared, never copied per request).
+    pub id: Arc<str>,
     /// Keyed hash of `id`, carried in session tokens.
     pub id_hash: u64,
     pub protocol: UpstreamProtocol,
@@ -170,7 +170,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(id: String, id_hash: u64, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>) -> Backend {
+    pub fn new(id: Arc<str>, id_hash: u64, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>) -> Backend {
         Backend { id, id_hash, protocol, endpoints, next: AtomicUsize::new(0) }
     }
 

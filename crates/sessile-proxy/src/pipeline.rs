@@ -15,7 +15,7 @@ use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
 use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
 
-use crate::metrics::{EndpointLabels, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
+use crate::metrics::{EndpointLabels, Label, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
 use crate::session::{self, Choice, Decision, SessionFlag};
 use crate::state::{AccessLog, Shared};
 use crate::upstream::{UpstreamBody, Upstreams};
@@ -36,7 +36,8 @@ pub struct ConnContext {
 
 /// What the log line and metrics need to know about a finished request.
 struct RequestLog {
-    route: String,
+    /// The matched rule's label, if a rule matched.
+    route: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     flag: SessionFlag,
 }
@@ -50,7 +51,7 @@ pub async fn handle(
     let method = req.method().clone();
     let path_for_log =
         if ctx.shared.access_log == AccessLog::Off { String::new() } else { req.uri().path().to_string() };
-    let mut log = RequestLog { route: String::new(), endpoint: None, flag: SessionFlag::None };
+    let mut log = RequestLog { route: None, endpoint: None, flag: SessionFlag::None };
     let grpc = is_grpc(&req);
     let mut resp = route_and_proxy(&ctx, req, &mut log).await;
     if grpc && matches!(resp.body(), Either::Right(_)) && resp.status() != StatusCode::OK {
@@ -59,7 +60,8 @@ pub async fn handle(
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
     let metrics = &ctx.shared.metrics;
-    let route_label = if log.route.is_empty() { "none".to_string() } else { log.route.clone() };
+    static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+    let route_label = Label(log.route.clone().unwrap_or_else(|| NO_ROUTE.clone()));
     metrics.requests.get_or_create(&RequestLabels { route: route_label.clone(), code: status }).inc();
     metrics.request_duration.get_or_create(&RouteLabels { route: route_label }).observe(elapsed.as_secs_f64());
     match ctx.shared.access_log {
@@ -68,7 +70,7 @@ pub async fn handle(
             target: "sessile::access",
             "{}",
             serde_json::json!({
-                "method": method.as_str(), "path": path_for_log, "status": status, "route": log.route,
+                "method": method.as_str(), "path": path_for_log, "status": status, "route": log.route.as_deref(),
                 "endpoint": log.endpoint.map(|e| e.to_string()), "session": log.flag.as_str(),
                 "duration_ms": elapsed.as_secs_f64() * 1000.0, "peer": ctx.peer.to_string(),
             })
@@ -79,7 +81,7 @@ pub async fn handle(
             method,
             path_for_log,
             status,
-            if log.route.is_empty() { "-" } else { &log.route },
+            log.route.as_deref().unwrap_or("-"),
             log.endpoint.map_or("-".to_string(), |e| e.to_string()),
             log.flag.as_str(),
             elapsed.as_secs_f64() * 1000.0,
@@ -121,7 +123,7 @@ async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mu
     let rule = entry.rule.clone();
     let matched_prefix = entry.request_match.path.literal_prefix().map(str::to_string);
     drop(snapshot);
-    log.route = rule.label.clone();
+    log.route = Some(rule.label.clone());
 
     // Request filters.
     let mut new_host: Option<String> = None;
@@ -277,7 +279,7 @@ fn record_session(shared: &Shared, rule: &Rule, d: &Decision) {
         return;
     }
     let m = &shared.metrics;
-    let labels = SessionLabels { rule: rule.label.clone(), backend: d.target.backend.id.clone() };
+    let labels = SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
     match d.flag {
         SessionFlag::Resumed | SessionFlag::Refreshed => {
             m.sessions_resumed.get_or_create(&labels).inc();
