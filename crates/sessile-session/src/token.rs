@@ -86,22 +86,41 @@ pub enum OpenError {
     Unauthentic,
 }
 
-/// Seals `claims` under the ring's current key with a fresh random nonce.
+/// A unique AES-GCM nonce without a system call per token: a random 32-bit process prefix and a
+/// counter that starts at a random 64-bit value (NIST SP 800-38D deterministic construction).
+/// Two processes sharing a key collide only if both their prefixes and counter ranges overlap.
+fn next_nonce() -> [u8; NONCE_LEN] {
+    static STATE: std::sync::OnceLock<([u8; 4], std::sync::atomic::AtomicU64)> = std::sync::OnceLock::new();
+    let (prefix, counter) = STATE.get_or_init(|| {
+        let mut seed = [0u8; 12];
+        SystemRandom::new().fill(&mut seed).expect("operating system random number generator failed");
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&seed[..4]);
+        let start = u64::from_be_bytes(seed[4..].try_into().expect("8 bytes"));
+        (prefix, std::sync::atomic::AtomicU64::new(start))
+    });
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[..4].copy_from_slice(prefix);
+    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    nonce
+}
+
+/// Seals `claims` under the ring's current key with a unique nonce (see `next_nonce`).
 ///
 /// The result is URL-safe base64 without padding, at most [`MAX_TOKEN_LEN`] characters,
 /// and valid as a cookie value and as a header value.
 ///
 /// # Panics
 ///
-/// If the operating system's random number generator fails.
+/// If the operating system's random number generator fails (first call only).
 pub fn seal(ring: &KeyRing, claims: &Claims) -> String {
     let key = ring.current();
     let mut buf = [0u8; MAX_SEALED];
     let mut header = [0u8; HEADER_LEN];
     header[0] = VERSION;
     header[1..].copy_from_slice(&key.id.to_be_bytes());
-    let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce).expect("operating system random number generator failed");
+    let nonce = next_nonce();
 
     let (head, body) = buf.split_at_mut(HEADER_LEN + NONCE_LEN);
     head[..HEADER_LEN].copy_from_slice(&header);
@@ -238,6 +257,19 @@ impl Reader<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn nonces_never_repeat_across_threads() {
+        let handles: Vec<_> =
+            (0..4).map(|_| std::thread::spawn(|| (0..5000).map(|_| next_nonce()).collect::<Vec<_>>())).collect();
+        let mut all = std::collections::HashSet::new();
+        for h in handles {
+            for n in h.join().unwrap() {
+                assert!(all.insert(n), "nonce reused");
+            }
+        }
+        assert_eq!(all.len(), 20_000);
+    }
     use crate::keyring::tests::KEY_A;
     use proptest::prelude::*;
 
