@@ -1,34 +1,53 @@
-//! Smoke test: a gateway over a config directory proxies to in-process backends.
+//! Smoke tests: one route to one in-process backend, over HTTP/1.1 and h2c, with pooled upstreams.
 
 mod common;
 
 use common::*;
-use sessile_testkit::{TestClient, TestRequest};
+use sessile_testkit::{TestBackend, TestClient, TestRequest};
+
+/// A gateway with one catch-all route to a Service backed by `backend`.
+async fn one_route(backend: &TestBackend) -> TestGateway {
+    let port = free_port();
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n";
+    gateway_with(
+        port,
+        &[
+            ("gw.yaml", gateway_yaml(port)),
+            ("svc.yaml", service_yaml("default", "svc", &[backend])),
+            ("route.yaml", route.to_string()),
+        ],
+    )
+    .await
+}
 
 #[tokio::test]
 async fn proxies_http1_and_h2c_to_a_backend() {
     let b = backends("b", 1).await;
-    let port = free_port();
-    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n";
-    let gw = gateway_with(
-        port,
-        &[
-            ("gw.yaml", gateway_yaml(port)),
-            ("svc.yaml", service_yaml("default", "svc", &[&b[0]])),
-            ("route.yaml", route.to_string()),
-        ],
-    )
-    .await;
+    let gw = one_route(&b[0]).await;
     for client in [TestClient::http1(), TestClient::h2c()] {
         let resp = client.send(TestRequest::get(gw.url("/hello?x=1"))).await.unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.backend().as_deref(), Some("b0"));
         assert_eq!(resp.json()["path"], "/hello?x=1");
     }
-    let missing = TestClient::http1().send(TestRequest::get(gw.url("/x")).host("other")).await.unwrap();
-    assert_eq!(missing.status, 200, "a route without hostnames matches every host");
+    let other_host = TestClient::http1().send(TestRequest::get(gw.url("/x")).host("other")).await.unwrap();
+    assert_eq!(other_host.status, 200, "a route without hostnames matches every host");
     let status = gw.status_of("HTTPRoute", "r").await;
     assert_eq!(status["status"]["parents"][0]["conditions"][0]["type"], "Accepted");
     assert_eq!(status["status"]["parents"][0]["conditions"][0]["status"], "True");
+    gw.gateway.stop().await;
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let b = backends("p", 1).await;
+    let gw = one_route(&b[0]).await;
+    let client = TestClient::http1();
+    for path in ["/small", "/stream?chunks=2", "/small"].iter().cycle().take(20) {
+        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(b[0].hits(), 20);
+    assert!(b[0].connections() <= 2, "20 sequential requests opened {} upstream connections", b[0].connections());
     gw.gateway.stop().await;
 }
