@@ -142,10 +142,15 @@ async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mu
         }
     }
 
+    // `timeouts.request` covers the whole exchange: until response headers here, then the body.
+    let deadline = rule.timeouts.request.map(|limit| tokio::time::Instant::now() + limit);
     let proxied = proxy(ctx, &rule, req, &authority, new_host, new_path, log);
-    match rule.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, proxied).await {
-            Ok(resp) => resp,
+    match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, proxied).await {
+            Ok(resp) => resp.map(|body| match body {
+                Either::Left(upstream) => Either::Left(upstream.with_deadline(Some(deadline))),
+                local => local,
+            }),
             Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out\n"),
         },
         None => proxied.await,

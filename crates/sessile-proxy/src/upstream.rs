@@ -122,11 +122,11 @@ impl Upstreams {
                 {
                     r.run();
                 }
-                Ok(resp.map(|inner| UpstreamBody { inner, release }))
+                Ok(resp.map(|inner| UpstreamBody { inner, release, deadline: None }))
             }
             Conn::H2(mut sender) => {
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
-                Ok(resp.map(|inner| UpstreamBody { inner, release: None }))
+                Ok(resp.map(|inner| UpstreamBody { inner, release: None, deadline: None }))
             }
         }
     }
@@ -155,19 +155,39 @@ impl Release {
     }
 }
 
-/// An upstream response body; returns its connection to the pool once fully read.
+/// An upstream response body; returns its connection to the pool once fully read, and fails
+/// (ending the response early) when the route's request timeout passes mid-body.
 pub struct UpstreamBody {
     inner: Incoming,
     release: Option<Release>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+impl UpstreamBody {
+    /// Ends the body with an error if it is not complete at `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx).map_err(BoxError::from);
+        if polled.is_pending()
+            && let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // The connection is mid-response: never pool it.
+            this.release = None;
+            return Poll::Ready(Some(Err(BoxError::from("request timeout reached while streaming the response"))));
+        }
         // The server may stop polling once `is_end_stream` is true, so release on the last frame too.
         let done = match &polled {
             Poll::Ready(None) => true,

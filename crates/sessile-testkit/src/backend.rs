@@ -39,7 +39,7 @@ use crate::ws;
 /// Body type of every backend response.
 pub type BackendBody = BoxBody<Bytes, Infallible>;
 
-/// Interval between chunks of `/stream`.
+/// Interval between chunks of `/stream` (any path ending in `/stream`).
 pub const STREAM_CHUNK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How a [`TestBackend`] behaves beyond the per-request controls.
@@ -293,7 +293,7 @@ async fn handle(ctx: RunCtx, req: Request<Incoming>) -> Result<Response<BackendB
 
     let mut resp = if is_grpc {
         grpc_response(&name, parts.uri.path(), body_bytes)
-    } else if parts.uri.path() == "/stream" {
+    } else if parts.uri.path().ends_with("/stream") {
         stream_response(&ctx, &parts.uri, status)
     } else {
         let json = echo_json(&name, &parts, &body_bytes);

@@ -646,6 +646,12 @@ async fn request_timeout_is_504_and_zero_disables() {
     assert_eq!(resp.status, 200);
     let resp = send(&gw, get(&gw, "/unlimited").header("x-delay-ms", "600")).await;
     assert_eq!(resp.status, 200, "0s disables the timeout");
+    // The request timeout covers the response body too: a stream outliving it is cut short.
+    let client = TestClient::http1();
+    let cut = client.send(TestRequest::get(gw.url("/limited/stream?chunks=40"))).await;
+    assert!(cut.is_err(), "a 800 ms stream must not complete under a 300 ms request timeout");
+    let whole = client.send(TestRequest::get(gw.url("/unlimited/stream?chunks=40"))).await.unwrap();
+    assert_eq!(whole.status, 200);
     gw.gateway.stop().await;
 }
 
