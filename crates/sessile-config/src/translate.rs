@@ -828,8 +828,14 @@ impl<'a> Translator<'a> {
     fn resolve_kind_conflicts(&self, attachments: &mut [Attachment], parents: &mut [Vec<(Value, Conditions)>]) {
         let res = self.res;
         let mut losses: Vec<(usize, ListenerHosts, String)> = Vec::new();
+        let grpc: Vec<&Attachment> = attachments.iter().filter(|a| res.routes[a.route].kind == "GRPCRoute").collect();
+        if grpc.is_empty() {
+            return;
+        }
+        let http: Vec<&Attachment> = attachments.iter().filter(|a| res.routes[a.route].kind != "GRPCRoute").collect();
         for (i, a) in attachments.iter().enumerate() {
-            for b in attachments.iter().filter(|b| b.gateway == a.gateway) {
+            let others = if res.routes[a.route].kind == "GRPCRoute" { &http } else { &grpc };
+            for b in others.iter().filter(|b| b.gateway == a.gateway) {
                 let (ra, rb) = (&res.routes[a.route], &res.routes[b.route]);
                 if ra.kind == rb.kind || (rb.created, rb.key()) >= (ra.created, ra.key()) {
                     continue;
@@ -1227,13 +1233,14 @@ impl<'a> Translator<'a> {
         // Resolve name conflicts: route rules before policies, then oldest, then namespace/name, then rule order.
         let mut order: Vec<&String> = scopes.keys().collect();
         order.sort_by(|a, b| scopes[*a].2.priority.cmp(&scopes[*b].2.priority));
-        let mut winners: Vec<&Claim> = Vec::new();
+        // Winners by name, so each claim is compared only with claims of the same name.
+        let mut winners: HashMap<&str, Vec<&Claim>> = HashMap::new();
         let mut losers: HashMap<String, String> = HashMap::new();
         for id in order {
             let claim = &scopes[id].2;
-            let conflict = winners.iter().find(|w| {
-                w.name_key == claim.name_key
-                    && w.scope_identity != claim.scope_identity
+            let same_name = winners.entry(claim.name_key.as_str()).or_default();
+            let conflict = same_name.iter().find(|w| {
+                w.scope_identity != claim.scope_identity
                     && w.hostnames.iter().any(|a| claim.hostnames.iter().any(|b| a.intersect(b).is_some()))
             });
             match conflict {
@@ -1247,7 +1254,7 @@ impl<'a> Translator<'a> {
                         ),
                     );
                 }
-                None => winners.push(claim),
+                None => same_name.push(claim),
             }
         }
 

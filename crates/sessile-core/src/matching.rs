@@ -304,10 +304,11 @@ impl RouteTable {
 
     /// Every distinct rule in the table.
     pub fn rules(&self) -> Vec<Arc<Rule>> {
+        let mut seen = std::collections::HashSet::new();
         let mut out: Vec<Arc<Rule>> = Vec::new();
         for routes in self.exact.values().chain(self.wildcard.iter()).chain(std::iter::once(&self.any)) {
             for e in &routes.entries {
-                if !out.iter().any(|r| Arc::ptr_eq(r, &e.rule)) {
+                if seen.insert(Arc::as_ptr(&e.rule)) {
                     out.push(e.rule.clone());
                 }
             }
