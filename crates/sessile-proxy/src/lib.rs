@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
@@ -11,5 +12,6 @@ pub mod session;
 pub mod state;
 pub mod upstream;
 
+pub use limits::Limits;
 pub use server::{Server, ServerOptions};
 pub use state::Shared;

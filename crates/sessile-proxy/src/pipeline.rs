@@ -8,13 +8,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sessile_core::hostname::normalize_host;
 use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
 use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
 
+use crate::limits::{Limits, Refusal, RequestBody, check_request};
 use crate::metrics::{EndpointLabels, Label, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
 use crate::session::{self, Choice, Decision, SessionFlag};
 use crate::state::{AccessLog, Shared};
@@ -32,6 +32,8 @@ pub struct ConnContext {
     pub https: bool,
     /// The TLS server name the client asked for (lowercase), on HTTPS listeners.
     pub sni: Option<String>,
+    /// Request limits (from `ServerOptions`).
+    pub limits: Arc<Limits>,
 }
 
 /// What the log line and metrics need to know about a finished request.
@@ -45,7 +47,7 @@ struct RequestLog {
 /// Handles one request end to end. Never fails: every error becomes a response.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -53,7 +55,11 @@ pub async fn handle(
         if ctx.shared.access_log == AccessLog::Off { String::new() } else { req.uri().path().to_string() };
     let mut log = RequestLog { route: None, endpoint: None, flag: SessionFlag::None };
     let grpc = is_grpc(&req);
-    let mut resp = route_and_proxy(&ctx, req, &mut log).await;
+    let version = req.version();
+    let mut resp = match check_request(&ctx.limits, &req) {
+        Ok(()) => route_and_proxy(&ctx, req, &mut log).await,
+        Err(refusal) => refused(refusal, version),
+    };
     if grpc && matches!(resp.body(), Either::Right(_)) && resp.status() != StatusCode::OK {
         resp = grpc_error(resp.status());
     }
@@ -91,7 +97,11 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mut RequestLog) -> Response<ProxyBody> {
+async fn route_and_proxy(
+    ctx: &ConnContext,
+    mut req: Request<RequestBody>,
+    log: &mut RequestLog,
+) -> Response<ProxyBody> {
     let snapshot = ctx.shared.snapshot();
     let Some(port) = snapshot.port(ctx.bind) else {
         return local(StatusCode::NOT_FOUND, "no listener configured on this port\n");
@@ -160,7 +170,7 @@ async fn route_and_proxy(ctx: &ConnContext, mut req: Request<Incoming>, log: &mu
 async fn proxy(
     ctx: &ConnContext,
     rule: &Arc<Rule>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     authority: &str,
     new_host: Option<String>,
     new_path: Option<String>,
@@ -228,6 +238,8 @@ async fn proxy(
             m.apply(req.headers_mut());
         }
     }
+    let body_over_limit = req.body().over_limit();
+    let version = req.version();
     let upstream_req = match upstream_request(
         ctx,
         req,
@@ -250,6 +262,9 @@ async fn proxy(
     };
     let mut resp = match result {
         Ok(r) => r,
+        Err(_) if body_over_limit.load(std::sync::atomic::Ordering::Relaxed) => {
+            return refused(Refusal::BodyTooLarge, version);
+        }
         Err(e) => {
             tracing::warn!(endpoint = %decision.target.addr, error = %e, "upstream request failed");
             return local(StatusCode::BAD_GATEWAY, "upstream request failed\n");
@@ -425,13 +440,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn upstream_request(
     ctx: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     authority: &str,
     new_host: Option<&str>,
     new_path: Option<&str>,
     protocol: sessile_core::UpstreamProtocol,
     upgrade: Option<&str>,
-) -> Result<Request<Incoming>, &'static str> {
+) -> Result<Request<RequestBody>, &'static str> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let host = new_host.unwrap_or(authority);
@@ -536,6 +551,9 @@ fn grpc_error(status: StatusCode) -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => ("14", "no healthy endpoint available"),
         StatusCode::GATEWAY_TIMEOUT => ("4", "deadline exceeded"),
         StatusCode::MISDIRECTED_REQUEST => ("14", "misdirected request"),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ("8", "request over the gateway's limits")
+        }
         _ => ("13", "gateway error"),
     };
     let mut resp = local(StatusCode::OK, "");
@@ -552,6 +570,16 @@ pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     *resp.status_mut() = status;
     if !body.is_empty() {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    }
+    resp
+}
+
+/// A request refused before it reached a backend; HTTP/1 connections close after it (the rest
+/// of the request may be unread or ambiguous).
+fn refused(refusal: Refusal, version: Version) -> Response<ProxyBody> {
+    let mut resp = local(refusal.status(), refusal.message());
+    if matches!(version, Version::HTTP_10 | Version::HTTP_11) {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -17,11 +16,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sessile_core::hostname::HostPattern;
 use sessile_core::{ListenerProtocol, PortConfig};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{ConnTracker, Expiry, Limits, RequestBody, TrackedBody, TrackedIo};
 use crate::pipeline::{ConnContext, handle};
 use crate::state::Shared;
 use crate::upstream::Upstreams;
@@ -32,11 +34,48 @@ pub struct ServerOptions {
     pub connect_timeout: Duration,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Downstream limits (sizes, timeouts, connection and HTTP/2 stream limits).
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { connect_timeout: Duration::from_secs(2), shutdown_grace: Duration::from_secs(10) }
+        ServerOptions {
+            connect_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Connection bookkeeping shared by every listener of a server.
+struct ConnShared {
+    limits: Arc<Limits>,
+    /// One permit per open downstream connection.
+    slots: Arc<Semaphore>,
+    /// Bounds the tasks that answer refused connections.
+    refusals: Arc<Semaphore>,
+    /// Cancelled when the server shuts down: connections finish their requests and close.
+    shutdown: CancellationToken,
+    /// Connections being served (not counting upgraded tunnels), and a wake-up when it reaches 0.
+    serving: std::sync::atomic::AtomicUsize,
+    drained: Notify,
+}
+
+struct Serving(Arc<ConnShared>);
+
+impl Serving {
+    fn new(shared: &Arc<ConnShared>) -> Serving {
+        shared.serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Serving(shared.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
     }
 }
 
@@ -60,7 +99,15 @@ impl Server {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let graceful = Arc::new(GracefulShutdown::new());
+        let limits = self.opts.limits.clone();
+        let graceful = Arc::new(ConnShared {
+            slots: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
+            refusals: Arc::new(Semaphore::new(64)),
+            limits: Arc::new(limits),
+            shutdown: CancellationToken::new(),
+            serving: std::sync::atomic::AtomicUsize::new(0),
+            drained: Notify::new(),
+        });
         let mut bound: HashMap<SocketAddr, BoundListener> = HashMap::new();
         let mut changes = self.shared.subscribe();
         tokio::pin!(shutdown);
@@ -79,8 +126,19 @@ impl Server {
             l.cancel.cancel();
             let _ = l.task.await;
         }
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        if tokio::time::timeout(self.opts.shutdown_grace, graceful.shutdown()).await.is_err() {
+        graceful.shutdown.cancel();
+        let drained = async {
+            loop {
+                let notified = graceful.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if graceful.serving.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(self.opts.shutdown_grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period ended with requests still in flight");
         }
     }
@@ -89,7 +147,7 @@ impl Server {
         &self,
         ports: &[PortConfig],
         bound: &mut HashMap<SocketAddr, BoundListener>,
-        graceful: &Arc<GracefulShutdown>,
+        graceful: &Arc<ConnShared>,
     ) {
         // Stop listeners that are gone or changed protocol (open connections finish).
         bound.retain(|addr, l| {
@@ -157,9 +215,9 @@ async fn accept_loop(
     shared: Arc<Shared>,
     upstreams: Arc<Upstreams>,
     cancel: CancellationToken,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<ConnShared>,
 ) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(connection_builder(&graceful.limits));
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -172,8 +230,14 @@ async fn accept_loop(
                 }
             },
         };
+        let Ok(permit) = graceful.slots.clone().try_acquire_owned() else {
+            refuse(stream, protocol, &graceful);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let tracker = ConnTracker::new();
         let (conn_shared, conn_upstreams) = (shared.clone(), upstreams.clone());
+        let conn_limits = graceful.limits.clone();
         let context = move |sni: Option<String>| {
             Arc::new(ConnContext {
                 shared: conn_shared,
@@ -182,35 +246,137 @@ async fn accept_loop(
                 peer,
                 https: protocol == ListenerProtocol::Https,
                 sni,
+                limits: conn_limits,
             })
         };
         let builder = builder.clone();
         match protocol {
             ListenerProtocol::Http => {
                 let ctx = context(None);
-                let service = service_fn(move |req| handle(ctx.clone(), req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = watched.await;
-                });
+                let io = TrackedIo::new(stream, tracker.clone(), permit);
+                tokio::spawn(serve_connection(builder, io, ctx, tracker, Serving::new(&graceful)));
             }
             ListenerProtocol::Https => {
                 let Some(acceptor) = tls.load_full().as_ref().clone() else { continue };
-                let graceful = graceful.clone();
+                let serving = Serving::new(&graceful);
+                let handshake_timeout = graceful.limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    else {
+                    let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
                         return;
                     };
                     let ctx = context(stream.get_ref().1.server_name().map(str::to_ascii_lowercase));
-                    let service = service_fn(move |req| handle(ctx.clone(), req));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let _ = graceful.watch(conn).await;
+                    let io = TrackedIo::new(stream, tracker.clone(), permit);
+                    serve_connection(builder, io, ctx, tracker, serving).await;
                 });
             }
         }
     }
+}
+
+/// The hyper connection builder with every limit applied.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_headers(limits.max_request_headers)
+        .max_buf_size(limits.h1_max_buf_size())
+        // The header read and idle timeouts are kept by `ConnTracker` (hyper's would also end idle connections).
+        .header_read_timeout(None)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_header_list_size(limits.h2_max_header_list_size())
+        .max_send_buf_size(limits.h2_max_send_buf_size)
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_timeout)
+        .timer(TokioTimer::new());
+    builder
+}
+
+/// Serves one connection until it ends, the server shuts down, or a timeout closes it.
+async fn serve_connection<T>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: TrackedIo<T>,
+    ctx: Arc<ConnContext>,
+    tracker: Arc<ConnTracker>,
+    serving: Serving,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = serving.0.clone();
+    let limits = shared.limits.clone();
+    let service_tracker = tracker.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (token, verdict) = service_tracker.begin_request(req.version());
+        let limit = ctx.limits.max_request_body;
+        let mut req = req.map(|body| RequestBody::new(body, limit, Some(token.clone())));
+        if let Some(v) = verdict {
+            req.extensions_mut().insert(v);
+        }
+        let handled = handle(ctx.clone(), req);
+        async move {
+            let resp = handled.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| TrackedBody::new(body, token)))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let fallback = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = shared.shutdown.cancelled(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // Requests in flight finish; the server's shutdown grace bounds them.
+                closing = Some(tokio::time::Instant::now() + Duration::from_secs(24 * 3600));
+            }
+            expiry = tracker.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
+                match expiry {
+                    // The head is late (slowloris): close now.
+                    Expiry::HeaderRead => break,
+                    // Idle: close between requests; a request caught arriving gets its answer.
+                    Expiry::Idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + limits.header_read_timeout);
+                    }
+                }
+            }
+            _ = fallback => break,
+        }
+    }
+    drop(serving);
+}
+
+/// Refuses a connection beyond `max_connections`: HTTP listeners answer 503 and close; HTTPS
+/// listeners close (no TLS handshake is spent on it).
+fn refuse(mut stream: TcpStream, protocol: ListenerProtocol, shared: &ConnShared) {
+    tracing::debug!("connection limit reached; refusing a connection");
+    if protocol != ListenerProtocol::Http {
+        return;
+    }
+    let Ok(permit) = shared.refusals.clone().try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        let _permit = permit;
+        const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n\r\ntoo many connections\n";
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            stream.write_all(RESPONSE).await?;
+            stream.shutdown().await?;
+            // Read what the client sent so closing does not reset the connection under the answer.
+            let mut buf = [0u8; 4096];
+            while tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
 }
 
 /// Picks the certificate whose hostname best matches the SNI name.

@@ -20,19 +20,20 @@ use sessile_core::UpstreamProtocol;
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
+use crate::limits::RequestBody;
 
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Upstreams {
-    idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
 }
 
 /// A connection ready to take one request.
 pub enum Conn {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl Upstreams {
@@ -110,7 +111,7 @@ impl Upstreams {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         reusable: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match conn {
@@ -131,7 +132,7 @@ impl Upstreams {
         }
     }
 
-    fn give_back(&self, addr: SocketAddr, sender: http1::SendRequest<Incoming>) {
+    fn give_back(&self, addr: SocketAddr, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -146,7 +147,7 @@ impl Upstreams {
 struct Release {
     pool: Arc<Upstreams>,
     addr: SocketAddr,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
 }
 
 impl Release {

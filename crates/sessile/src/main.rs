@@ -43,6 +43,30 @@ struct ServeArgs {
     /// Access log format.
     #[arg(long, value_enum, default_value = "logfmt")]
     access_log: AccessLogFormat,
+    /// Largest request body (bytes; K, M, G suffixes are powers of 1024); unlimited when absent (413).
+    #[arg(long, value_parser = parse_size)]
+    max_request_body: Option<u64>,
+    /// Largest request header block, name + value + 4 bytes per field (431).
+    #[arg(long, default_value = "60K", value_parser = parse_size)]
+    max_request_header_bytes: u64,
+    /// Most request header fields (431).
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
+    /// Longest request target in bytes (414).
+    #[arg(long, default_value = "16K", value_parser = parse_size)]
+    max_uri_length: u64,
+    /// Time a client has to send a complete request head (and the TLS handshake) before the connection closes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Open downstream connections across all listeners; more are refused (HTTP: 503 and close).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// HTTP/2 concurrent streams per connection.
+    #[arg(long, default_value_t = 100)]
+    h2_max_concurrent_streams: u32,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +96,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     sessile_core::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 5m or 1h"))
 }
 
+/// `1048576`, `512K`, `10M`, `1G` (powers of 1024; a trailing `B`/`iB` is accepted).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size like 1048576, 512K or 10M"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -99,6 +141,17 @@ impl From<ServeArgs> for run::ServeOptions {
                 AccessLogFormat::Json => sessile_proxy::state::AccessLog::Json,
                 AccessLogFormat::Logfmt => sessile_proxy::state::AccessLog::Logfmt,
                 AccessLogFormat::Off => sessile_proxy::state::AccessLog::Off,
+            },
+            limits: sessile_proxy::Limits {
+                max_request_body: a.max_request_body,
+                max_request_header_bytes: usize::try_from(a.max_request_header_bytes).unwrap_or(usize::MAX),
+                max_request_headers: a.max_request_headers,
+                max_uri_length: usize::try_from(a.max_uri_length).unwrap_or(usize::MAX),
+                header_read_timeout: a.header_read_timeout,
+                idle_timeout: a.idle_timeout,
+                max_connections: a.max_connections.max(1),
+                h2_max_concurrent_streams: a.h2_max_concurrent_streams.max(1),
+                ..sessile_proxy::Limits::default()
             },
         }
     }

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub workers: Option<usize>,
     pub drain_grace: Duration,
     pub access_log: AccessLog,
+    /// Downstream limits: sizes, timeouts, connections, HTTP/2 streams (docs/configuration.md, "Limits").
+    pub limits: sessile_proxy::Limits,
 }
 
 impl Default for ServeOptions {
@@ -46,6 +48,7 @@ impl Default for ServeOptions {
             workers: None,
             drain_grace: Duration::from_secs(300),
             access_log: AccessLog::Logfmt,
+            limits: sessile_proxy::Limits::default(),
         }
     }
 }
@@ -165,7 +168,8 @@ pub async fn start(source: Source, opts: &ServeOptions) -> anyhow::Result<Gatewa
         ));
     }
     {
-        let server = Server::new(shared.clone(), ServerOptions::default());
+        let server =
+            Server::new(shared.clone(), ServerOptions { limits: opts.limits.clone(), ..ServerOptions::default() });
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { server.run(token.cancelled_owned()).await }));
     }
