@@ -45,9 +45,22 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the gateway binds it right after).
+/// A free TCP port on 127.0.0.1 for a gateway listener (checked free, then released).
+///
+/// Ports come from a per-process sequence below the kernel's ephemeral range, so tests running
+/// in parallel never receive the same port (port 0 may hand a just-released port out again),
+/// and outgoing connections, which use ephemeral ports, never take one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 12_000 + (std::process::id() as usize * 7919) % 18_000;
+    for _ in 0..2_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        let port = (base + offset) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found");
 }
 
 /// A gateway serving a config directory, with its own state directory.
