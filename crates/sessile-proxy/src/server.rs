@@ -113,13 +113,18 @@ impl Server {
         tokio::pin!(shutdown);
         loop {
             let snapshot = self.shared.snapshot();
+            let mut all_bound = true;
             if snapshot.version > 0 {
-                self.reconcile(&snapshot.ports, &mut bound, &graceful).await;
-                self.shared.set_ready();
+                all_bound = self.reconcile(&snapshot.ports, &mut bound, &graceful).await;
+                // Ready means every listener is bound; an address in use is retried every second.
+                if all_bound {
+                    self.shared.set_ready();
+                }
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = &mut shutdown => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)), if !all_bound => {}
             }
         }
         for (_, l) in bound.drain() {
@@ -148,7 +153,8 @@ impl Server {
         ports: &[PortConfig],
         bound: &mut HashMap<SocketAddr, BoundListener>,
         graceful: &Arc<ConnShared>,
-    ) {
+    ) -> bool {
+        let mut all_bound = true;
         // Stop listeners that are gone or changed protocol (open connections finish).
         bound.retain(|addr, l| {
             let keep = ports.iter().any(|p| p.bind == *addr && p.protocol == l.protocol);
@@ -176,7 +182,8 @@ impl Server {
             let listener = match bind(port.bind).await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(addr = %port.bind, error = %e, "cannot bind listener");
+                    tracing::error!(addr = %port.bind, error = %e, "cannot bind listener; retrying");
+                    all_bound = false;
                     continue;
                 }
             };
@@ -195,6 +202,7 @@ impl Server {
             ));
             bound.insert(port.bind, BoundListener { cancel, task, protocol: port.protocol, tls });
         }
+        all_bound
     }
 }
 

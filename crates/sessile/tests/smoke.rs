@@ -51,3 +51,35 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     assert!(b[0].connections() <= 2, "20 sequential requests opened {} upstream connections", b[0].connections());
     gw.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn not_ready_until_every_listener_is_bound_and_binding_is_retried() {
+    let b = backends("r", 1).await;
+    let port = free_port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n";
+    let gw = gateway_with(
+        port,
+        &[
+            ("gw.yaml", gateway_yaml(port)),
+            ("svc.yaml", service_yaml("default", "svc", &[&b[0]])),
+            ("route.yaml", route.to_string()),
+        ],
+    )
+    .await;
+    let readyz = || async {
+        let url = format!("http://{}/readyz", gw.gateway.admin_addr);
+        TestClient::http1().send(TestRequest::get(url)).await.map(|r| r.status)
+    };
+    assert_eq!(readyz().await.unwrap(), 503, "the listener's address is taken");
+    drop(squatter);
+    sessile_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        anyhow::ensure!(readyz().await? == 200, "not ready yet");
+        Ok(())
+    })
+    .await
+    .expect("the bind is retried and the gateway becomes ready");
+    let resp = TestClient::http1().send(TestRequest::get(gw.url("/"))).await.unwrap();
+    assert_eq!(resp.backend().as_deref(), Some("r0"));
+    gw.gateway.stop().await;
+}
