@@ -7,7 +7,10 @@ use sessile_testkit::{TestBackend, TestClient, TestRequest};
 
 /// A gateway with one catch-all route to a Service backed by `backend`.
 async fn one_route(backend: &TestBackend) -> TestGateway {
-    let port = free_port();
+    one_route_on(free_port(), backend).await
+}
+
+async fn one_route_on(port: u16, backend: &TestBackend) -> TestGateway {
     let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n";
     gateway_with(
         port,
@@ -57,16 +60,7 @@ async fn not_ready_until_every_listener_is_bound_and_binding_is_retried() {
     let b = backends("r", 1).await;
     let port = free_port();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n";
-    let gw = gateway_with(
-        port,
-        &[
-            ("gw.yaml", gateway_yaml(port)),
-            ("svc.yaml", service_yaml("default", "svc", &[&b[0]])),
-            ("route.yaml", route.to_string()),
-        ],
-    )
-    .await;
+    let gw = one_route_on(port, &b[0]).await;
     let readyz = || async {
         let url = format!("http://{}/readyz", gw.gateway.admin_addr);
         TestClient::http1().send(TestRequest::get(url)).await.map(|r| r.status)
