@@ -42,9 +42,9 @@ async fn get(gw: &TestGateway, path: &str) -> u16 {
     TestClient::http1().send(TestRequest::get(gw.url(path))).await.expect("request").status
 }
 
-#[tokio::test]
-async fn status_document_shape() {
-    let b = backends("b", 1).await;
+/// Backends `b0..`, and a gateway with route `default/r` sending everything to Service `b0` (backed by `b0`).
+async fn one_route_r(backends_n: usize) -> (Vec<sessile_testkit::TestBackend>, TestGateway) {
+    let b = backends("b", backends_n).await;
     let port = free_port();
     let gw = gateway_with(
         port,
@@ -55,6 +55,12 @@ async fn status_document_shape() {
         ],
     )
     .await;
+    (b, gw)
+}
+
+#[tokio::test]
+async fn status_document_shape() {
+    let (_backends, gw) = one_route_r(1).await;
     let st = gw.status_of("HTTPRoute", "r").await;
     assert_eq!(st["apiVersion"], V1);
     assert_eq!(st["metadata"]["namespace"], "default");
@@ -525,17 +531,7 @@ async fn api_server_validation_drops_rules_it_would_reject() {
 
 #[tokio::test]
 async fn last_transition_time_moves_only_on_transitions() {
-    let b = backends("b", 2).await;
-    let port = free_port();
-    let gw = gateway_with(
-        port,
-        &[
-            ("gw.yaml", gateway_yaml(port)),
-            ("svc.yaml", service_yaml("default", "b0", &[&b[0]])),
-            ("route.yaml", route_in("default", "r", "[{name: gw}]", &simple_rules("b0"))),
-        ],
-    )
-    .await;
+    let (b, gw) = one_route_r(2).await;
     let st = gw.status_of("HTTPRoute", "r").await;
     let t0 = parent_condition(&st, 0, "Accepted")["lastTransitionTime"].as_str().unwrap().to_string();
     let gw_t0 = listener(&gw.status_of("Gateway", "gw").await, "http")["conditions"][0]["lastTransitionTime"].clone();
