@@ -46,10 +46,23 @@ impl SessionFlag {
 pub struct Target {
     pub addr: SocketAddr,
     pub protocol: UpstreamProtocol,
-    /// Index of the backendRef in the rule (for its filters); `None` for a departed endpoint's backend.
+    /// Index of the backendRef in the rule (for its filters).
     pub backend_index: usize,
     pub backend: Arc<Backend>,
     pub identity_hash: u64,
+}
+
+impl Target {
+    /// A configured endpoint of the rule's backendRef number `index`.
+    fn endpoint(backend: &Arc<Backend>, index: usize, e: &sessile_core::Endpoint) -> Target {
+        Target {
+            addr: e.addr,
+            protocol: backend.protocol,
+            backend_index: index,
+            backend: backend.clone(),
+            identity_hash: e.identity_hash,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -169,14 +182,7 @@ fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr])
             {
                 return (Eligibility::DrainingNew, None);
             }
-            let target = Target {
-                addr: e.addr,
-                protocol: backend.protocol,
-                backend_index: index,
-                backend: backend.clone(),
-                identity_hash: e.identity_hash,
-            };
-            return (Eligibility::Eligible, Some(target));
+            return (Eligibility::Eligible, Some(Target::endpoint(backend, index, e)));
         }
         // An address that now belongs to another endpoint identity (a new pod reusing the IP) does
         // not inherit the departed endpoint's sessions.
@@ -233,13 +239,7 @@ fn pick_new_with(
         }
         let BackendTarget::Service(backend) = &wb.target else { continue };
         if let Some(e) = balance::pick_endpoint(backend, usable) {
-            return Ok(Target {
-                addr: e.addr,
-                protocol: backend.protocol,
-                backend_index: index,
-                backend: backend.clone(),
-                identity_hash: e.identity_hash,
-            });
+            return Ok(Target::endpoint(backend, index, e));
         }
     }
     Err(NoTarget::NoEndpoint)
