@@ -2,16 +2,25 @@
 
 use std::net::SocketAddr;
 
-use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, WeightedBackend};
+use crate::model::{Backend, BackendTarget, Endpoint, EndpointState, PickMode, WeightedBackend};
 
 /// Picks a ready endpoint of `backend` round-robin, skipping those `usable` rejects.
 /// Draining endpoints never receive new sessions or new unpinned traffic.
-pub fn pick_endpoint(backend: &Backend, mut usable: impl FnMut(SocketAddr) -> bool) -> Option<&Endpoint> {
+pub fn pick_endpoint(backend: &Backend, usable: impl FnMut(SocketAddr) -> bool) -> Option<&Endpoint> {
+    pick_endpoint_with(backend, PickMode::Advance, usable)
+}
+
+/// [`pick_endpoint`], or with [`PickMode::Peek`] the endpoint it would pick, leaving the rotation alone.
+pub fn pick_endpoint_with(
+    backend: &Backend,
+    mode: PickMode,
+    mut usable: impl FnMut(SocketAddr) -> bool,
+) -> Option<&Endpoint> {
     let n = backend.endpoints.len();
     if n == 0 {
         return None;
     }
-    let start = backend.next_start();
+    let start = backend.start(mode);
     (0..n).map(|i| &backend.endpoints[(start + i) % n]).find(|e| e.state == EndpointState::Ready && usable(e.addr))
 }
 
@@ -55,5 +64,20 @@ mod tests {
             assert_eq!(pick_endpoint(&b, |a| a.port() != 1).unwrap().addr.port(), 3);
         }
         assert!(pick_endpoint(&b, |_| false).is_none());
+    }
+
+    #[test]
+    fn peeking_names_the_next_pick_without_taking_it() {
+        let b = Backend::new(
+            "ns/s:80".into(),
+            1,
+            UpstreamProtocol::Http1,
+            vec![ep(1, EndpointState::Ready), ep(2, EndpointState::Ready), ep(3, EndpointState::Ready)],
+        );
+        for _ in 0..5 {
+            let peeked = pick_endpoint_with(&b, PickMode::Peek, |_| true).unwrap().addr;
+            assert_eq!(pick_endpoint_with(&b, PickMode::Peek, |_| true).unwrap().addr, peeked);
+            assert_eq!(pick_endpoint(&b, |_| true).unwrap().addr, peeked);
+        }
     }
 }

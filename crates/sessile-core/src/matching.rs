@@ -117,7 +117,8 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes and `+` (form encoding, as in query strings); invalid escapes stay as they are.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -230,6 +231,39 @@ impl Ord for MatchSummary {
     }
 }
 
+impl MatchSummary {
+    /// Why `self` takes precedence over `other` (the first field of the ordering that differs),
+    /// in words, for `explain`. `None` when they are the same match.
+    pub fn precedence_reason(&self, other: &MatchSummary) -> Option<String> {
+        const PATH_KIND: [&str; 3] = ["PathPrefix", "RegularExpression", "Exact"];
+        let kind = |k: u8| PATH_KIND.get(usize::from(k)).copied().unwrap_or("?");
+        let (a, b) = (self, other);
+        Some(if a.path_kind != b.path_kind {
+            format!("{} path match beats {} (path type)", kind(a.path_kind), kind(b.path_kind))
+        } else if a.path_len != b.path_len {
+            format!("longer path/service match: {} > {} characters", a.path_len, b.path_len)
+        } else if a.method_chars != b.method_chars {
+            format!("longer gRPC method match: {} > {} characters", a.method_chars, b.method_chars)
+        } else if a.has_method != b.has_method {
+            "has a method match".to_string()
+        } else if a.headers != b.headers {
+            format!("more header matches: {} > {}", a.headers, b.headers)
+        } else if a.query != b.query {
+            format!("more query parameter matches: {} > {}", a.query, b.query)
+        } else if a.route_created != b.route_created {
+            format!("older route (creationTimestamp {} < {})", a.route_created, b.route_created)
+        } else if a.route_key != b.route_key {
+            format!("same age; {} sorts before {} alphabetically", a.route_key, b.route_key)
+        } else if a.rule_index != b.rule_index {
+            format!("same route; rule {} comes before rule {}", a.rule_index, b.rule_index)
+        } else if a.match_index != b.match_index {
+            format!("same rule; match {} comes before match {}", a.match_index, b.match_index)
+        } else {
+            return None;
+        })
+    }
+}
+
 impl PartialOrd for MatchSummary {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -289,12 +323,25 @@ impl RouteTable {
 
     /// The winning match for a request: most specific hostname first, then match precedence.
     pub fn lookup(&self, req: &RequestView<'_>) -> Option<&MatchEntry> {
-        let exact = self.exact.get(req.host).into_iter();
-        let wild = self.wildcard.iter().filter(|w| w.pattern.as_ref().is_some_and(|p| p.matches(req.host)));
-        exact
-            .chain(wild)
-            .chain(std::iter::once(&self.any))
-            .find_map(|routes| routes.entries.iter().find(|e| e.request_match.matches(req)))
+        self.host_groups(req.host).find_map(|routes| routes.entries.iter().find(|e| e.request_match.matches(req)))
+    }
+
+    /// Every match that accepts the request, best first, with the hostname it was attached
+    /// under (`None`: any hostname). The first is what [`RouteTable::lookup`] returns.
+    pub fn candidates<'t>(
+        &'t self,
+        req: &'t RequestView<'_>,
+    ) -> impl Iterator<Item = (Option<&'t HostPattern>, &'t MatchEntry)> + 't {
+        self.host_groups(req.host).flat_map(move |routes| {
+            routes.entries.iter().filter(|e| e.request_match.matches(req)).map(|e| (routes.pattern.as_ref(), e))
+        })
+    }
+
+    /// The hostname groups that accept `host`, most specific first.
+    fn host_groups<'t, 'h>(&'t self, host: &'h str) -> impl Iterator<Item = &'t HostRoutes> + use<'t, 'h> {
+        let exact = self.exact.get(host).into_iter();
+        let wild = self.wildcard.iter().filter(move |w| w.pattern.as_ref().is_some_and(|p| p.matches(host)));
+        exact.chain(wild).chain(std::iter::once(&self.any))
     }
 
     /// Whether any route serves this host (for 404 vs. other answers and for `explain`).
@@ -396,6 +443,27 @@ mod tests {
             query: vec![],
         };
         MatchSummary::new(&m, created, key.into(), rule, 0)
+    }
+
+    #[test]
+    fn precedence_reasons_name_the_deciding_field() {
+        let exact = summary(PathMatch::Exact("/a".into()), false, 0, 10, "ns/z", 0);
+        let prefix = summary(PathMatch::prefix("/a"), false, 0, 10, "ns/z", 0);
+        let longer = summary(PathMatch::prefix("/a/b"), false, 0, 10, "ns/z", 0);
+        let headers = summary(PathMatch::prefix("/a"), false, 2, 10, "ns/z", 0);
+        let older = summary(PathMatch::prefix("/a"), false, 0, 5, "ns/z", 0);
+        let alpha = summary(PathMatch::prefix("/a"), false, 0, 10, "ns/a", 0);
+        let reason = |a: &MatchSummary, b: &MatchSummary| a.precedence_reason(b).unwrap();
+        assert_eq!(reason(&exact, &prefix), "Exact path match beats PathPrefix (path type)");
+        assert_eq!(reason(&longer, &prefix), "longer path/service match: 4 > 2 characters");
+        assert_eq!(reason(&headers, &prefix), "more header matches: 2 > 0");
+        assert_eq!(reason(&older, &prefix), "older route (creationTimestamp 5 < 10)");
+        assert_eq!(reason(&alpha, &prefix), "same age; ns/a sorts before ns/z alphabetically");
+        assert_eq!(prefix.precedence_reason(&prefix.clone()), None);
+        // The reason always agrees with the ordering.
+        for (a, b) in [(&exact, &prefix), (&longer, &prefix), (&headers, &prefix), (&older, &prefix)] {
+            assert!(a < b);
+        }
     }
 
     #[test]

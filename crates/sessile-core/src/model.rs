@@ -107,12 +107,28 @@ pub struct Rule {
     pub picks: AtomicU64,
 }
 
+/// Whether a pick moves the weighted and round-robin rotations (live traffic) or only looks
+/// (`explain`, which must not disturb the traffic it describes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickMode {
+    Advance,
+    Peek,
+}
+
 impl Rule {
     /// The next backendRef by weight. Picks follow a golden-ratio (Weyl) sequence over the
     /// cumulative weights: deterministic, and any run of N picks is within a few picks of the
     /// exact split (low discrepancy), unlike independent random rolls.
     pub fn next_weighted(&self) -> Option<&WeightedBackend> {
-        let n = self.picks.fetch_add(1, Ordering::Relaxed);
+        self.weighted(PickMode::Advance)
+    }
+
+    /// The next backendRef by weight; [`PickMode::Peek`] tells which one without taking it.
+    pub fn weighted(&self, mode: PickMode) -> Option<&WeightedBackend> {
+        let n = match mode {
+            PickMode::Advance => self.picks.fetch_add(1, Ordering::Relaxed),
+            PickMode::Peek => self.picks.load(Ordering::Relaxed),
+        };
         let fraction = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         self.pick_weighted(((u128::from(fraction) * u128::from(self.total_weight)) >> 64) as u64)
     }
@@ -176,7 +192,15 @@ impl Backend {
 
     /// Round-robin start index for the next pick.
     pub fn next_start(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
+        self.start(PickMode::Advance)
+    }
+
+    /// Round-robin start index; [`PickMode::Peek`] leaves the rotation where it is.
+    pub fn start(&self, mode: PickMode) -> usize {
+        match mode {
+            PickMode::Advance => self.next.fetch_add(1, Ordering::Relaxed),
+            PickMode::Peek => self.next.load(Ordering::Relaxed),
+        }
     }
 
     pub fn find_endpoint(&self, addr: SocketAddr, identity_hash: u64) -> Option<&Endpoint> {

@@ -1,4 +1,4 @@
-//! The admin HTTP server: health, readiness, status, metrics and the effective configuration.
+//! The admin HTTP server: health, readiness, status, metrics, the effective configuration and `explain`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use sessile_core::matching::percent_decode;
+
+use crate::explain::Query;
 use crate::state::Shared;
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves.
@@ -33,6 +36,39 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl st
     }
 }
 
+/// `GET /explain?url=URL[&method=GET][&header=Name:%20value]...[&cookie=a%3Db]...[&format=json]`.
+fn explain(shared: &Shared, query: &str) -> (StatusCode, &'static str, String) {
+    let (mut method, mut url, mut headers, mut cookies, mut json) = ("GET".to_string(), None, vec![], vec![], false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match percent_decode(k).as_str() {
+            "method" => method = v,
+            "url" => url = Some(v),
+            "header" => headers.push(v),
+            "cookie" => cookies.push(v),
+            "format" => json = v == "json",
+            other => {
+                return (StatusCode::BAD_REQUEST, "text/plain", format!("unknown parameter {other:?}\n"));
+            }
+        }
+    }
+    let Some(url) = url else {
+        let usage = "usage: /explain?url=http://host:port/path[&method=GET][&header=Name:%20value][&cookie=a%3Db][&format=json]\n";
+        return (StatusCode::BAD_REQUEST, "text/plain", usage.to_string());
+    };
+    match Query::parse(&method, &url, &headers, &cookies) {
+        Ok(q) => {
+            let ex = crate::explain::explain(shared, &q, sessile_session::now_ms());
+            match json {
+                true => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&ex).unwrap_or_default()),
+                false => (StatusCode::OK, "text/plain; charset=utf-8", ex.to_string()),
+            }
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
+
 fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
@@ -44,6 +80,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/config" => {
             (StatusCode::OK, "application/json", serde_json::to_string_pretty(&*shared.snapshot()).unwrap_or_default())
         }
+        "/explain" => explain(shared, req.uri().query().unwrap_or("")),
         "/metrics" => {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
         }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod explain;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::COOKIE;
 use sessile_core::{
-    Backend, BackendTarget, EndpointState, Rule, SessionCarrier, SessionPolicy, UpstreamProtocol, balance,
+    Backend, BackendTarget, EndpointState, PickMode, Rule, SessionCarrier, SessionPolicy, UpstreamProtocol, balance,
 };
 use sessile_session::{
     CLOCK_SKEW_MS, Claims, Eligibility, Rejection, SessionTimeouts, cookie_values, header_values, resolve,
@@ -100,8 +100,21 @@ impl From<NoTarget> for Choice {
 
 /// Decides the endpoint for a request matched to `rule`. `exclude` lists endpoints that just refused a connection.
 pub fn choose(shared: &Shared, rule: &Rule, headers: &HeaderMap, now_ms: u64, exclude: &[SocketAddr]) -> Choice {
+    choose_with(shared, rule, headers, now_ms, exclude, PickMode::Advance)
+}
+
+/// [`choose`]; with [`PickMode::Peek`] (for `explain`) the decision is the same but the
+/// weighted and round-robin rotations do not move.
+pub fn choose_with(
+    shared: &Shared,
+    rule: &Rule,
+    headers: &HeaderMap,
+    now_ms: u64,
+    exclude: &[SocketAddr],
+    mode: PickMode,
+) -> Choice {
     let Some(policy) = &rule.session else {
-        return match pick_new(shared, rule, exclude) {
+        return match pick_new(shared, rule, exclude, mode) {
             Ok(target) => Choice::Endpoint(Decision { target, issue: None, flag: SessionFlag::None, rejection: None }),
             Err(e) => e.into(),
         };
@@ -134,7 +147,7 @@ pub fn choose(shared: &Shared, rule: &Rule, headers: &HeaderMap, now_ms: u64, ex
         }
         (outcome, _) => {
             let rejection = outcome.err().unwrap_or(Rejection::Invalid);
-            match pick_new(shared, rule, exclude) {
+            match pick_new(shared, rule, exclude, mode) {
                 Ok(target) => {
                     let flag = match rejection {
                         Rejection::Absent => SessionFlag::New,
@@ -165,7 +178,12 @@ pub fn new_claims(policy: &SessionPolicy, target: &Target, now_ms: u64) -> Claim
     }
 }
 
-fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr]) -> (Eligibility, Option<Target>) {
+pub(crate) fn eligibility(
+    shared: &Shared,
+    rule: &Rule,
+    c: &Claims,
+    exclude: &[SocketAddr],
+) -> (Eligibility, Option<Target>) {
     let usable = |addr: SocketAddr| shared.health.is_healthy(addr) && !exclude.contains(&addr);
     for (index, wb) in rule.backends.iter().enumerate() {
         let BackendTarget::Service(backend) = &wb.target else { continue };
@@ -211,9 +229,9 @@ fn eligibility(shared: &Shared, rule: &Rule, c: &Claims, exclude: &[SocketAddr])
 /// Endpoints in their refused-connection back-off are skipped, unless every ready endpoint is
 /// (panic mode): then they are tried anyway, so an endpoint that is back serves at once instead
 /// of after the back-off. Endpoints that refused this very request (`exclude`) are never retried.
-fn pick_new(shared: &Shared, rule: &Rule, exclude: &[SocketAddr]) -> Result<Target, NoTarget> {
-    match pick_new_with(shared, rule, exclude, true) {
-        Err(NoTarget::NoEndpoint) => pick_new_with(shared, rule, exclude, false),
+fn pick_new(shared: &Shared, rule: &Rule, exclude: &[SocketAddr], mode: PickMode) -> Result<Target, NoTarget> {
+    match pick_new_with(shared, rule, exclude, true, mode) {
+        Err(NoTarget::NoEndpoint) => pick_new_with(shared, rule, exclude, false, mode),
         picked => picked,
     }
 }
@@ -223,9 +241,10 @@ fn pick_new_with(
     rule: &Rule,
     exclude: &[SocketAddr],
     skip_unhealthy: bool,
+    mode: PickMode,
 ) -> Result<Target, NoTarget> {
     let usable = |addr: SocketAddr| (!skip_unhealthy || shared.health.is_healthy(addr)) && !exclude.contains(&addr);
-    let Some(first) = rule.next_weighted() else {
+    let Some(first) = rule.weighted(mode) else {
         return Err(NoTarget::InvalidBackend);
     };
     let BackendTarget::Service(_) = &first.target else { return Err(NoTarget::InvalidBackend) };
@@ -238,7 +257,7 @@ fn pick_new_with(
             continue;
         }
         let BackendTarget::Service(backend) = &wb.target else { continue };
-        if let Some(e) = balance::pick_endpoint(backend, usable) {
+        if let Some(e) = balance::pick_endpoint_with(backend, mode, usable) {
             return Ok(Target::endpoint(backend, index, e));
         }
     }

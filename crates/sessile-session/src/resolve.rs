@@ -140,8 +140,8 @@ pub fn resolve<'a>(
     Err(best)
 }
 
-/// The verdict on one candidate token.
-fn judge(
+/// The verdict on one candidate token (what [`resolve()`] applies to each; `explain` shows it per token).
+pub fn judge(
     ring: &KeyRing,
     scope: u64,
     token: &str,

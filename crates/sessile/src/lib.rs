@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod explain;
 pub mod run;
