@@ -1,6 +1,7 @@
 //! Sessile data plane: listeners, the request phases, upstream pools, endpoint health and the admin server.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod error;
 pub mod explain;

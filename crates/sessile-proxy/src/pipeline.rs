@@ -14,10 +14,11 @@ use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
 use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
 
+use crate::access_log::{self, AccessLog, LoggedBody};
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
 use crate::metrics::{EndpointLabels, Label, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
 use crate::session::{self, Choice, Decision, SessionFlag};
-use crate::state::{AccessLog, Shared};
+use crate::state::Shared;
 use crate::upstream::{UpstreamBody, Upstreams};
 
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -38,22 +39,26 @@ pub struct ConnContext {
 
 /// What the log line and metrics need to know about a finished request.
 struct RequestLog {
-    /// The matched rule's label, if a rule matched.
-    route: Option<Arc<str>>,
+    /// The matched rule, if a rule matched.
+    rule: Option<Arc<Rule>>,
     endpoint: Option<SocketAddr>,
+    backend: Option<Arc<str>>,
     flag: SessionFlag,
+    rejection: Option<sessile_session::Rejection>,
 }
+
+/// The body of every response: the proxied or local body, counted for the access log.
+pub type LoggedResponseBody = LoggedBody<ProxyBody>;
 
 /// Handles one request end to end. Never fails: every error becomes a response.
 pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<RequestBody>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+) -> Result<Response<LoggedResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path_for_log =
-        if ctx.shared.access_log == AccessLog::Off { String::new() } else { req.uri().path().to_string() };
-    let mut log = RequestLog { route: None, endpoint: None, flag: SessionFlag::None };
+    let head = (ctx.shared.access_log.format() != AccessLog::Off)
+        .then(|| (req.method().clone(), req.version(), request_authority(&req), req.uri().path().to_string()));
+    let mut log = RequestLog { rule: None, endpoint: None, backend: None, flag: SessionFlag::None, rejection: None };
     let grpc = is_grpc(&req);
     let version = req.version();
     let mut resp = match check_request(&ctx.limits, &req) {
@@ -67,34 +72,32 @@ pub async fn handle(
     let elapsed = start.elapsed();
     let metrics = &ctx.shared.metrics;
     static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
-    let route_label = Label(log.route.clone().unwrap_or_else(|| NO_ROUTE.clone()));
+    let route_label = Label(log.rule.as_ref().map_or_else(|| NO_ROUTE.clone(), |r| r.label.clone()));
     metrics.requests.get_or_create(&RequestLabels { route: route_label.clone(), code: status }).inc();
     metrics.request_duration.get_or_create(&RouteLabels { route: route_label }).observe(elapsed.as_secs_f64());
-    match ctx.shared.access_log {
-        AccessLog::Off => {}
-        AccessLog::Json => tracing::info!(
-            target: "sessile::access",
-            "{}",
-            serde_json::json!({
-                "method": method.as_str(), "path": path_for_log, "status": status, "route": log.route.as_deref(),
-                "endpoint": log.endpoint.map(|e| e.to_string()), "session": log.flag.as_str(),
-                "duration_ms": elapsed.as_secs_f64() * 1000.0, "peer": ctx.peer.to_string(),
-            })
-        ),
-        AccessLog::Logfmt => tracing::info!(
-            target: "sessile::access",
-            "method={} path={:?} status={} route={} endpoint={} session={} duration_ms={:.3} peer={}",
-            method,
-            path_for_log,
+    let logged = head.and_then(|(method, version, host, path)| {
+        access_log::keep(
+            &ctx.shared,
+            || access_log::Entry {
+                start,
+                method,
+                version,
+                host,
+                path,
+                peer: ctx.peer,
+                status,
+                route: log.rule.as_ref().map(|r| format!("{} {}", r.route.kind, r.route)),
+                rule: log.rule.as_ref().map(|r| r.index),
+                backend: log.backend.take(),
+                endpoint: log.endpoint,
+                session: log.flag,
+                rejection: log.rejection.map(|r| r.as_str()),
+                response_ms: elapsed.as_secs_f64() * 1000.0,
+            },
             status,
-            log.route.as_deref().unwrap_or("-"),
-            log.endpoint.map_or("-".to_string(), |e| e.to_string()),
-            log.flag.as_str(),
-            elapsed.as_secs_f64() * 1000.0,
-            ctx.peer
-        ),
-    }
-    Ok(resp)
+        )
+    });
+    Ok(resp.map(|body| LoggedBody::new(body, logged)))
 }
 
 async fn route_and_proxy(
@@ -133,7 +136,7 @@ async fn route_and_proxy(
     let rule = entry.rule.clone();
     let matched_prefix = entry.request_match.path.literal_prefix().map(str::to_string);
     drop(snapshot);
-    log.route = Some(rule.label.clone());
+    log.rule = Some(rule.clone());
 
     // Request filters.
     let mut new_host: Option<String> = None;
@@ -229,7 +232,9 @@ async fn proxy(
         decision.rejection = Some(sessile_session::Rejection::EndpointUnhealthy);
     }
     log.endpoint = Some(decision.target.addr);
+    log.backend = Some(decision.target.backend.id.clone());
     log.flag = decision.flag;
+    log.rejection = decision.rejection;
     record_session(shared, rule, &decision);
 
     let backend_filters = &rule.backends[decision.target.backend_index].filters;

@@ -9,6 +9,7 @@ use sessile_core::Snapshot;
 use sessile_session::KeyRing;
 use tokio::sync::watch;
 
+use crate::access_log::AccessLogger;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -21,25 +22,27 @@ pub struct Shared {
     /// Set once the first configuration is applied and its listeners are bound.
     ready: AtomicBool,
     changed: watch::Sender<u64>,
-    pub access_log: AccessLog,
+    pub access_log: AccessLogger,
 }
 
-/// Access log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessLog {
-    Off,
-    Json,
-    Logfmt,
-}
+pub use crate::access_log::AccessLog;
 
 impl Shared {
-    pub fn new(keys: KeyRing, access_log: AccessLog) -> Arc<Shared> {
+    /// `access_log`: an [`AccessLog`] format (stdout, every request) or a configured [`AccessLogger`].
+    pub fn new(keys: KeyRing, access_log: impl Into<AccessLogger>) -> Arc<Shared> {
+        let access_log = access_log.into();
+        let mut metrics = Metrics::default();
+        metrics.registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer could not keep up",
+            access_log.dropped.clone(),
+        );
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             keys: ArcSwap::from_pointee(keys),
             statuses: ArcSwap::from_pointee(Vec::new()),
             health: Health::default(),
-            metrics: Metrics::default(),
+            metrics,
             ready: AtomicBool::new(false),
             changed: watch::channel(0).0,
             access_log,
