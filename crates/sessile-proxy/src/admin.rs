@@ -82,7 +82,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/explain" => explain(shared, req.uri().query().unwrap_or("")),
         "/metrics" => {
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics_text())
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
     };

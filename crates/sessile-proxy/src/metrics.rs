@@ -1,5 +1,7 @@
-//! Prometheus metrics: requests, latency, upstream errors, sessions by outcome and reason, reloads.
+//! Prometheus metrics: requests, latency, upstream errors, endpoint health, sessions by outcome,
+//! reason and endpoint, configuration reloads and errors.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -8,6 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sessile_core::{EndpointState, Rule, Snapshot};
+
+use crate::health::Health;
+use crate::session::{Decision, SessionFlag};
 
 /// A shared label value: cloning it per request costs a reference count, not an allocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -30,12 +36,45 @@ pub struct RouteLabels {
     pub route: Label,
 }
 
+/// An endpoint address as a label value, formatted only when scraped (no allocation per request).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct AddrLabel(pub SocketAddr);
+
+impl EncodeLabelValue for AddrLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(encoder, "{}", self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
     /// `namespace/name/rule-index`.
     pub rule: Label,
     /// `namespace/service:port`.
     pub backend: Label,
+}
+
+/// Session outcomes per endpoint (for each endpoint's share of sessions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointSessionLabels {
+    pub backend: Label,
+    pub endpoint: AddrLabel,
+    /// `new` (a token minted: new, expired, invalid or re-pinned) or `resumed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointHealthLabels {
+    pub backend: Label,
+    pub endpoint: AddrLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointStateLabels {
+    pub backend: Label,
+    /// `ready`, `draining` or `unhealthy`.
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,7 +103,17 @@ pub struct Metrics {
     pub sessions_resumed: Family<SessionLabels, Counter>,
     pub sessions_rejected: Family<RejectLabels, Counter>,
     pub session_repins: Family<SessionLabels, Counter>,
+    pub endpoint_sessions: Family<EndpointSessionLabels, Counter>,
+    /// 1 when the endpoint takes traffic, 0 while it is in its refused-connection back-off (refreshed on scrape).
+    pub endpoint_healthy: Family<EndpointHealthLabels, Gauge>,
+    /// Endpoints per backend by state (refreshed on scrape).
+    pub endpoints: Family<EndpointStateLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Documents that could not be loaded in the last reload.
+    pub config_load_errors: Gauge,
+    /// Resources in the configuration in use that are not accepted (see `/status`).
+    pub config_resources_not_accepted: Gauge,
+    pub config_last_reload_success: Gauge,
     pub config_version: Gauge,
 }
 
@@ -83,7 +132,13 @@ impl Default for Metrics {
         let sessions_resumed = Family::<SessionLabels, Counter>::default();
         let sessions_rejected = Family::<RejectLabels, Counter>::default();
         let session_repins = Family::<SessionLabels, Counter>::default();
+        let endpoint_sessions = Family::<EndpointSessionLabels, Counter>::default();
+        let endpoint_healthy = Family::<EndpointHealthLabels, Gauge>::default();
+        let endpoints = Family::<EndpointStateLabels, Gauge>::default();
         let config_reloads = Family::<ResultLabels, Counter>::default();
+        let config_load_errors = Gauge::default();
+        let config_resources_not_accepted = Gauge::default();
+        let config_last_reload_success = Gauge::default();
         let config_version = Gauge::default();
         registry.register("requests", "HTTP requests by route and status code", requests.clone());
         registry.register("request_duration_seconds", "Request duration by route", request_duration.clone());
@@ -104,7 +159,33 @@ impl Default for Metrics {
             sessions_rejected.clone(),
         );
         registry.register("session_repins", "Sessions moved to another endpoint", session_repins.clone());
+        registry.register(
+            "endpoint_sessions",
+            "Session requests by endpoint: new sessions pinned there and requests resumed there",
+            endpoint_sessions.clone(),
+        );
+        registry.register(
+            "endpoint_healthy",
+            "1 when the endpoint takes traffic, 0 while it is skipped after refusing connections",
+            endpoint_healthy.clone(),
+        );
+        registry.register("endpoints", "Endpoints per backend by state", endpoints.clone());
         registry.register("config_reloads", "Configuration loads by result", config_reloads.clone());
+        registry.register(
+            "config_load_errors",
+            "Documents that could not be loaded in the last reload",
+            config_load_errors.clone(),
+        );
+        registry.register(
+            "config_resources_not_accepted",
+            "Resources of the configuration in use that are not accepted",
+            config_resources_not_accepted.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When a configuration was last applied, seconds since the epoch",
+            config_last_reload_success.clone(),
+        );
         registry.register("config_version", "Version of the configuration in use", config_version.clone());
         Metrics {
             registry,
@@ -115,13 +196,71 @@ impl Default for Metrics {
             sessions_resumed,
             sessions_rejected,
             session_repins,
+            endpoint_sessions,
+            endpoint_healthy,
+            endpoints,
             config_reloads,
+            config_load_errors,
+            config_resources_not_accepted,
+            config_last_reload_success,
             config_version,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a session decision: created or resumed, re-pins, rejection reasons, per-endpoint share.
+    pub fn record_session(&self, rule: &Rule, d: &Decision) {
+        if rule.session.is_none() {
+            return;
+        }
+        let labels = SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
+        let resumed = matches!(d.flag, SessionFlag::Resumed | SessionFlag::Refreshed);
+        self.endpoint_sessions
+            .get_or_create(&EndpointSessionLabels {
+                backend: labels.backend.clone(),
+                endpoint: AddrLabel(d.target.addr),
+                outcome: if resumed { "resumed" } else { "new" },
+            })
+            .inc();
+        match resumed {
+            true => self.sessions_resumed.get_or_create(&labels).inc(),
+            false => self.sessions_created.get_or_create(&labels).inc(),
+        };
+        if d.flag == SessionFlag::Repinned {
+            self.session_repins.get_or_create(&labels).inc();
+        }
+        if let Some(reason) = d.rejection {
+            self.sessions_rejected
+                .get_or_create(&RejectLabels { rule: labels.rule, backend: labels.backend, reason: reason.as_str() })
+                .inc();
+        }
+    }
+
+    /// Sets the endpoint gauges from the configuration in use and the passive health state.
+    pub fn refresh_endpoints(&self, snapshot: &Snapshot, health: &Health) {
+        self.endpoint_healthy.clear();
+        self.endpoints.clear();
+        for b in snapshot.backends() {
+            let backend = Label(b.id.clone());
+            for state in ["ready", "draining", "unhealthy"] {
+                self.endpoints.get_or_create(&EndpointStateLabels { backend: backend.clone(), state }).set(0);
+            }
+            for e in &b.endpoints {
+                let healthy = health.is_healthy(e.addr);
+                self.endpoint_healthy
+                    .get_or_create(&EndpointHealthLabels { backend: backend.clone(), endpoint: AddrLabel(e.addr) })
+                    .set(i64::from(healthy));
+                let state = match (healthy, e.state) {
+                    (false, _) => "unhealthy",
+                    (true, EndpointState::Draining) => "draining",
+                    (true, EndpointState::Ready) => "ready",
+                };
+                self.endpoints.get_or_create(&EndpointStateLabels { backend: backend.clone(), state }).inc();
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -16,8 +16,8 @@ use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
 
 use crate::access_log::{self, AccessLog, LoggedBody};
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
-use crate::metrics::{EndpointLabels, Label, RejectLabels, RequestLabels, RouteLabels, SessionLabels};
-use crate::session::{self, Choice, Decision, SessionFlag};
+use crate::metrics::{EndpointLabels, Label, RequestLabels, RouteLabels};
+use crate::session::{self, Choice, SessionFlag};
 use crate::state::Shared;
 use crate::upstream::{UpstreamBody, Upstreams};
 
@@ -235,7 +235,7 @@ async fn proxy(
     log.backend = Some(decision.target.backend.id.clone());
     log.flag = decision.flag;
     log.rejection = decision.rejection;
-    record_session(shared, rule, &decision);
+    shared.metrics.record_session(rule, &decision);
 
     let backend_filters = &rule.backends[decision.target.backend_index].filters;
     for f in backend_filters {
@@ -297,30 +297,6 @@ async fn proxy(
         write_token(ctx, policy, claims, now, resp.headers_mut());
     }
     resp.map(Either::Left)
-}
-
-fn record_session(shared: &Shared, rule: &Rule, d: &Decision) {
-    if rule.session.is_none() {
-        return;
-    }
-    let m = &shared.metrics;
-    let labels = SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
-    match d.flag {
-        SessionFlag::Resumed | SessionFlag::Refreshed => {
-            m.sessions_resumed.get_or_create(&labels).inc();
-        }
-        _ => {
-            m.sessions_created.get_or_create(&labels).inc();
-        }
-    }
-    if d.flag == SessionFlag::Repinned {
-        m.session_repins.get_or_create(&labels).inc();
-    }
-    if let Some(reason) = d.rejection {
-        m.sessions_rejected
-            .get_or_create(&RejectLabels { rule: labels.rule, backend: labels.backend, reason: reason.as_str() })
-            .inc();
-    }
 }
 
 fn write_token(

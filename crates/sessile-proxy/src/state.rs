@@ -71,9 +71,17 @@ impl Shared {
         );
         let version = snapshot.version;
         self.metrics.config_version.set(version as i64);
+        self.metrics.config_resources_not_accepted.set(statuses.iter().filter(|s| !s.healthy).count() as i64);
+        self.metrics.config_last_reload_success.set((sessile_session::now_ms() / 1000) as i64);
         self.snapshot.store(Arc::new(snapshot));
         self.statuses.store(Arc::new(statuses));
         self.changed.send_replace(version);
+    }
+
+    /// The Prometheus text, with the endpoint gauges brought up to date first.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.refresh_endpoints(&self.snapshot(), &self.health);
+        self.metrics.encode()
     }
 
     pub fn set_keys(&self, keys: KeyRing) {
