@@ -356,3 +356,51 @@ async fn offline_command_decodes_tokens_with_the_gateways_key_ring() {
     assert_eq!(json["route"]["name"], "shop");
     gw.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn idle_refresh_weighted_fallback_and_no_endpoint_are_explained() {
+    let b = backends("exmore", 3).await;
+    let port = free_port();
+    let two_services = format!(
+        "{}{}",
+        service_yaml_states("default", "drained", &[(&b[0], "draining")]),
+        service_yaml_states("default", "live", &[(&b[1], "ready"), (&b[2], "ready")])
+    );
+    let rules = [
+        rule_yaml("/split", "[{name: drained, port: 80, weight: 1}, {name: live, port: 80, weight: 1}]", None),
+        rule_yaml("/none", "[{name: drained, port: 80}]", None),
+        rule_yaml("/idle", "[{name: live, port: 80}]", Some("{sessionName: sid, idleTimeout: 2s}")),
+    ];
+    let gw = gateway_with(
+        port,
+        &[("gw.yaml", gateway_yaml(port)), ("svc.yaml", two_services), ("route.yaml", route_yaml("r", None, &rules))],
+    )
+    .await;
+    // The first weighted pick is backendRef 0, whose only endpoint drains: the request falls back.
+    let ex = explain_json(&gw, "/split", &[]).await;
+    let why = ex["endpoint"]["why"].as_str().unwrap();
+    assert!(why.contains("the weighted pick was backendRef 0, which has no usable endpoint"), "{ex:#}");
+    assert_eq!(ex["endpoint"]["backend"], "default/live:80");
+    // Nothing ready at all: 503.
+    let ex = explain_json(&gw, "/none", &[]).await;
+    assert_eq!(ex["outcome"], "503: no endpoint can take the request (none ready and healthy)", "{ex:#}");
+    assert_eq!(ex["endpoint"], serde_json::Value::Null);
+    let real = TestClient::http1().send(TestRequest::get(gw.url("/none"))).await.expect("request");
+    assert_eq!(real.status, 503);
+    // Idle refresh: after more than half the idle timeout the token is re-issued.
+    let client = TestClient::http1();
+    let mut jar = CookieJar::new();
+    client.send_with_jar(TestRequest::get(gw.url("/idle")), &mut jar).await.expect("request");
+    let cookie = cookie_param(&jar, "sid");
+    let fresh = explain_json(&gw, "/idle", std::slice::from_ref(&cookie)).await;
+    assert_eq!(fresh["session"]["decision"], "resumed", "{fresh:#}");
+    assert_eq!(fresh["session"]["tokens"][0]["claims"]["refresh_due"], false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let ex = explain_json(&gw, "/idle", std::slice::from_ref(&cookie)).await;
+    assert_eq!(ex["session"]["decision"], "refreshed", "{ex:#}");
+    assert_eq!(ex["session"]["issues_token"], true);
+    assert_eq!(ex["session"]["tokens"][0]["claims"]["refresh_due"], true);
+    let text = explain_text(&gw, "/idle", &[cookie]).await;
+    assert!(text.contains("idle refresh due, so the token is re-issued"), "{text}");
+    gw.gateway.stop().await;
+}
