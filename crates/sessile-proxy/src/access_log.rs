@@ -70,30 +70,44 @@ pub struct AccessLogger {
 impl AccessLogger {
     /// Starts the writer thread (unless the format is `Off`). A file that cannot be opened is an error.
     pub fn new(opts: AccessLogOptions) -> std::io::Result<AccessLogger> {
-        let every = if opts.sample >= 1.0 || opts.sample.is_nan() {
+        if opts.format == AccessLog::Off {
+            return AccessLogger::with_writer(opts.format, opts.sample, None);
+        }
+        let out: Box<dyn std::io::Write + Send> = match &opts.sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))?,
+            ),
+        };
+        AccessLogger::with_writer(opts.format, opts.sample, Some(out))
+    }
+
+    /// A logger writing to `out` from its own thread (`None`: logging off).
+    pub fn with_writer(
+        format: AccessLog,
+        sample: f64,
+        out: Option<Box<dyn std::io::Write + Send>>,
+    ) -> std::io::Result<AccessLogger> {
+        let every = if sample >= 1.0 || sample.is_nan() {
             1
-        } else if opts.sample <= 0.0 {
+        } else if sample <= 0.0 {
             0
         } else {
-            (1.0 / opts.sample).round().max(1.0) as u64
+            (1.0 / sample).round().max(1.0) as u64
         };
-        let queue = match opts.format {
-            AccessLog::Off => None,
-            _ => {
-                let out: Box<dyn std::io::Write + Send> = match &opts.sink {
-                    Sink::Stdout => Box::new(std::io::stdout()),
-                    Sink::File(path) => {
-                        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                            std::io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
-                        })?)
-                    }
-                };
+        let queue = match out {
+            Some(out) if format != AccessLog::Off => {
                 let (tx, rx) = sync_channel::<String>(QUEUE);
                 std::thread::Builder::new().name("sessile-access-log".into()).spawn(move || write_lines(rx, out))?;
                 Some(tx)
             }
+            _ => None,
         };
-        Ok(AccessLogger { format: opts.format, every, seen: AtomicU64::new(0), queue, dropped: Counter::default() })
+        Ok(AccessLogger { format, every, seen: AtomicU64::new(0), queue, dropped: Counter::default() })
     }
 
     pub fn format(&self) -> AccessLog {
@@ -368,6 +382,32 @@ mod tests {
         assert_eq!(v["route"], "HTTPRoute default/shop");
         assert_eq!(v["endpoint"], "10.0.0.1:8080");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    /// A writer stuck until the test lets it go (a full disk, a pipe nobody reads).
+    struct Stuck(std::sync::Arc<std::sync::Mutex<()>>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            drop(self.0.lock());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_costs_dropped_lines_not_blocked_requests() {
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let logger = AccessLogger::with_writer(AccessLog::Logfmt, 1.0, Some(Box::new(Stuck(gate.clone())))).unwrap();
+        // The writer takes one line and blocks; the queue fills; every further line is dropped at once.
+        for _ in 0..QUEUE + 500 {
+            logger.emit("line\n".to_string());
+        }
+        assert!(logger.dropped.get() >= 499, "dropped {}", logger.dropped.get());
+        drop(held);
     }
 
     #[test]
