@@ -70,6 +70,12 @@ impl Loader {
         Loader { first_seen, memory: Some(path), ..Loader::default() }
     }
 
+    /// A loader that reads first-seen times from `path` but never writes them (`sessile explain`
+    /// reads a running gateway's state without changing it).
+    pub fn with_memory_read_only(path: PathBuf) -> Loader {
+        Loader { memory: None, ..Loader::with_memory(path) }
+    }
+
     /// Forgets objects not seen in the load that just finished and saves the times when they changed.
     fn finish_load(&mut self) {
         let seen = std::mem::take(&mut self.seen);

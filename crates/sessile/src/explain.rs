@@ -39,7 +39,10 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
 pub fn render(args: &ExplainArgs) -> Result<String, String> {
     let query = Query::parse(&args.method, &args.url, &args.headers, &args.cookies)?;
     let (keys, key_note) = key_ring(args.session_keys.as_deref(), &args.state_dir)?;
-    let loaded = Loader::new().load_path(&args.config).map_err(|e| e.to_string())?;
+    // The gateway's first-seen times, so objects without creationTimestamp have the same age (and
+    // conflicts the same winners) as in the gateway.
+    let mut loader = Loader::with_memory_read_only(args.state_dir.join("first-seen.json"));
+    let loaded = loader.load_path(&args.config).map_err(|e| e.to_string())?;
     let opts = TranslateOptions {
         naming_salt: keys.naming_salt().to_vec(),
         now: sessile_config::resources::format_timestamp(sessile_config::load::now_secs()),

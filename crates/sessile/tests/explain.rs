@@ -404,3 +404,41 @@ async fn idle_refresh_weighted_fallback_and_no_endpoint_are_explained() {
     assert!(text.contains("idle refresh due, so the token is re-issued"), "{text}");
     gw.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn offline_explain_uses_the_gateways_first_seen_times_without_changing_them() {
+    let b = backends("exage", 1).await;
+    let port = free_port();
+    let refs: Vec<&TestBackend> = b.iter().collect();
+    let gw = gateway_with(
+        port,
+        &[
+            ("gw.yaml", gateway_yaml(port)),
+            ("svc.yaml", service_yaml("default", "svc", &refs)),
+            ("zeta.yaml", route_yaml("zeta", None, &[rule_yaml("/", SVC, None)])),
+        ],
+    )
+    .await;
+    // First seen a second later: younger, although it sorts first alphabetically.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gw.update("alpha.yaml", &route_yaml("alpha", None, &[rule_yaml("/", SVC, None)])).await;
+    let live = explain_json(&gw, "/", &[]).await;
+    assert_eq!(live["route"]["name"], "zeta", "{live:#}");
+    assert!(live["route"]["precedence"].as_str().unwrap().starts_with("older route"), "{live:#}");
+    let memory = gw.state.path().join("first-seen.json");
+    let before = std::fs::read(&memory).expect("first-seen times saved");
+    let args = sessile::explain::ExplainArgs {
+        config: gw.config.path().to_path_buf(),
+        state_dir: gw.state.path().to_path_buf(),
+        session_keys: None,
+        method: "GET".into(),
+        url: gw.url("/"),
+        headers: vec![],
+        cookies: vec![],
+        json: true,
+    };
+    let offline: serde_json::Value = serde_json::from_str(&sessile::explain::render(&args).unwrap()).unwrap();
+    assert_eq!(offline["route"]["name"], "zeta", "{offline:#}");
+    assert_eq!(std::fs::read(&memory).unwrap(), before, "explain never writes the gateway's state");
+    gw.gateway.stop().await;
+}
