@@ -1,4 +1,4 @@
-//! The `sessile` command line: serve, check, demo and controller.
+//! The `sessile` command line: serve, check, demo, explain and controller.
 #![forbid(unsafe_code)]
 
 use sessile::{demo, run};
@@ -43,6 +43,12 @@ struct ServeArgs {
     /// Access log format.
     #[arg(long, value_enum, default_value = "logfmt")]
     access_log: AccessLogFormat,
+    /// Fraction of requests written to the access log, 0.0 to 1.0 (responses >= 500 are always written).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_fraction)]
+    access_log_sample: f64,
+    /// Append access log lines to this file instead of stdout.
+    #[arg(long)]
+    access_log_file: Option<PathBuf>,
     /// Largest request body (bytes; K, M, G suffixes are powers of 1024); unlimited when absent (413).
     #[arg(long, value_parser = parse_size)]
     max_request_body: Option<u64>,
@@ -83,17 +89,62 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Start three echo backends and a gateway with a cookie-persistence route on 127.0.0.1:8080.
+    /// Start three echo backends and a gateway with a cookie-persistence route on 127.0.0.1:8080;
+    /// with --config, echo backends on the config's 127.0.0.1 endpoints and a gateway serving it.
     Demo {
+        /// Serve this YAML file or directory (e.g. examples/cookie) with built-in echo backends
+        /// on the loopback endpoints its EndpointSlices name.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// With --config: start only the echo backends (run `sessile serve` yourself).
+        #[arg(long, requires = "config")]
+        backends_only: bool,
         #[command(flatten)]
         args: ServeArgs,
     },
-    /// Controller mode: watch a Kubernetes cluster (not part of this build).
-    Controller,
+    /// Explain where a request would go and why: listener, route and precedence, session
+    /// persistence and its origin, the tokens and their verdicts, and the endpoint.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// The gateway's state directory (its session key ring decodes tokens).
+        #[arg(long, default_value = ".sessile")]
+        state_dir: PathBuf,
+        /// The gateway's session key ring file, when it uses --session-keys.
+        #[arg(long)]
+        session_keys: Option<PathBuf>,
+        /// Request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Cookie, `name=value` (repeatable; sent as one Cookie header).
+        #[arg(long = "cookie")]
+        cookies: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Absolute URL, e.g. http://shop.example.com:8080/cart.
+        url: String,
+    },
+    /// Controller mode: serve a Kubernetes cluster's Gateway API resources and write their status.
+    Controller {
+        #[command(flatten)]
+        controller: Box<sessile::controller::ControllerFlags>,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     sessile_core::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 5m or 1h"))
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| format!("{text:?} is not a fraction between 0.0 and 1.0"))
 }
 
 /// `1048576`, `512K`, `10M`, `1G` (powers of 1024; a trailing `B`/`iB` is accepted).
@@ -119,12 +170,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => run::check(&config),
         Command::Serve { config, args } => run::serve_blocking(run::Source::Path(config), &args.into()),
-        Command::Demo { args } => demo::run(&args.into()),
-        Command::Controller => {
-            eprintln!(
-                "sessile controller: controller mode is not part of this build yet; use `sessile serve --config PATH`"
-            );
-            ExitCode::from(2)
+        Command::Demo { config, backends_only, args } => {
+            demo::run(&args.into(), &demo::DemoOptions { config, backends_only })
+        }
+        Command::Explain { config, state_dir, session_keys, headers, cookies, json, method, url } => {
+            sessile::explain::run(&sessile::explain::ExplainArgs {
+                config,
+                state_dir,
+                session_keys,
+                method,
+                url,
+                headers,
+                cookies,
+                json,
+            })
+        }
+        Command::Controller { controller, args } => {
+            let (kubeconfig, opts) = controller.into_options(args.into());
+            sessile::controller::run_blocking(kubeconfig, &opts)
         }
     }
 }
@@ -142,6 +205,8 @@ impl From<ServeArgs> for run::ServeOptions {
                 AccessLogFormat::Logfmt => sessile_proxy::state::AccessLog::Logfmt,
                 AccessLogFormat::Off => sessile_proxy::state::AccessLog::Off,
             },
+            access_log_sample: a.access_log_sample,
+            access_log_file: a.access_log_file,
             limits: sessile_proxy::Limits {
                 max_request_body: a.max_request_body,
                 max_request_header_bytes: usize::try_from(a.max_request_header_bytes).unwrap_or(usize::MAX),

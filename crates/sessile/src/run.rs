@@ -1,6 +1,6 @@
 //! Wiring: configuration source -> load -> translate -> proxy, plus reload, admin and shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use notify::Watcher;
-use sessile_config::{Loaded, Loader, TranslateOptions, translate};
+use sessile_config::{Loaded, Loader, Resources, TranslateOptions, translate};
+use sessile_proxy::access_log::{AccessLog, AccessLogOptions, AccessLogger, Sink};
 use sessile_proxy::metrics::ResultLabels;
-use sessile_proxy::state::AccessLog;
 use sessile_proxy::{Server, ServerOptions, Shared};
 use sessile_session::KeyRing;
 use tokio::sync::mpsc;
@@ -35,6 +35,10 @@ pub struct ServeOptions {
     pub workers: Option<usize>,
     pub drain_grace: Duration,
     pub access_log: AccessLog,
+    /// Fraction of requests logged (0.0-1.0); responses with status >= 500 are always logged.
+    pub access_log_sample: f64,
+    /// Append access log lines to this file instead of stdout.
+    pub access_log_file: Option<PathBuf>,
     /// Downstream limits: sizes, timeouts, connections, HTTP/2 streams (docs/configuration.md, "Limits").
     pub limits: sessile_proxy::Limits,
 }
@@ -48,6 +52,8 @@ impl Default for ServeOptions {
             workers: None,
             drain_grace: Duration::from_secs(300),
             access_log: AccessLog::Logfmt,
+            access_log_sample: 1.0,
+            access_log_file: None,
             limits: sessile_proxy::Limits::default(),
         }
     }
@@ -82,12 +88,59 @@ impl Gateway {
     }
 }
 
+/// The one step both modes share: resources -> translate -> carry transition times -> `Shared::apply`.
+pub struct Applier {
+    drain_grace: Duration,
+    version: AtomicU64,
+    /// Controller mode: every listener binds this IP (a Gateway's `spec.addresses` name the load balancer's
+    /// address in a cluster, not the pod's). File mode binds what translation says.
+    bind_ip: Option<IpAddr>,
+}
+
+impl Applier {
+    pub fn new(drain_grace: Duration, bind_ip: Option<IpAddr>) -> Applier {
+        Applier { drain_grace, version: AtomicU64::new(0), bind_ip }
+    }
+
+    /// Translates `resources` with the current key ring's naming salt and swaps the result in atomically.
+    /// Returns the applied snapshot version.
+    pub fn apply(&self, shared: &Shared, resources: &Resources, errors: usize) -> u64 {
+        let keys = shared.keys();
+        let opts = TranslateOptions {
+            naming_salt: keys.naming_salt().to_vec(),
+            drain_grace: self.drain_grace,
+            version: self.version.fetch_add(1, Ordering::Relaxed) + 1,
+            now: sessile_config::resources::format_timestamp(sessile_config::load::now_secs()),
+        };
+        let t = translate(resources, &opts);
+        let mut snapshot = t.snapshot;
+        if let Some(ip) = self.bind_ip {
+            for port in &mut snapshot.ports {
+                port.bind.set_ip(ip);
+            }
+            let mut seen = std::collections::HashSet::new();
+            snapshot.ports.retain(|p| {
+                let first = seen.insert(p.bind);
+                if !first {
+                    tracing::warn!(addr = %p.bind, "two Gateways use this port on different addresses; serving the first");
+                }
+                first
+            });
+        }
+        tracing::info!(version = opts.version, ports = snapshot.ports.len(), errors, "configuration applied");
+        shared.metrics.config_load_errors.set(errors as i64);
+        let mut statuses = t.statuses;
+        sessile_config::status::carry_transition_times(&shared.statuses(), &mut statuses);
+        shared.apply(snapshot, statuses);
+        opts.version
+    }
+}
+
 struct Reloader {
     source: Source,
     keys_file: Option<PathBuf>,
-    drain_grace: Duration,
     loader: Mutex<Loader>,
-    version: AtomicU64,
+    applier: Applier,
 }
 
 impl Reloader {
@@ -117,23 +170,7 @@ impl Reloader {
         for e in &loaded.errors {
             tracing::error!("{e}");
         }
-        let keys = shared.keys();
-        let opts = TranslateOptions {
-            naming_salt: keys.naming_salt().to_vec(),
-            drain_grace: self.drain_grace,
-            version: self.version.fetch_add(1, Ordering::Relaxed) + 1,
-            now: sessile_config::resources::format_timestamp(sessile_config::load::now_secs()),
-        };
-        let t = translate(&loaded.resources, &opts);
-        tracing::info!(
-            version = opts.version,
-            ports = t.snapshot.ports.len(),
-            errors = loaded.errors.len(),
-            "configuration applied"
-        );
-        let mut statuses = t.statuses;
-        sessile_config::status::carry_transition_times(&shared.statuses(), &mut statuses);
-        shared.apply(t.snapshot, statuses);
+        self.applier.apply(shared, &loaded.resources, loaded.errors.len());
         Ok(())
     }
 }
@@ -146,33 +183,17 @@ pub async fn start(source: Source, opts: &ServeOptions) -> anyhow::Result<Gatewa
     };
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating state directory {}", opts.state_dir.display()))?;
-    let shared = Shared::new(keys, opts.access_log);
+    let shared = new_shared(keys, opts)?;
     let reloader = Arc::new(Reloader {
         source: source.clone(),
         keys_file: opts.session_keys.clone(),
-        drain_grace: opts.drain_grace,
         loader: Mutex::new(Loader::with_memory(opts.state_dir.join("first-seen.json"))),
-        version: AtomicU64::new(0),
+        applier: Applier::new(opts.drain_grace, None),
     });
     reloader.reload(&shared)?;
-    let admin = tokio::net::TcpListener::bind(opts.admin)
-        .await
-        .with_context(|| format!("binding admin address {}", opts.admin))?;
-    let admin_addr = admin.local_addr()?;
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    {
-        let (shared, token) = (shared.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(
-            async move { sessile_proxy::admin::serve(admin, shared, token.cancelled_owned()).await },
-        ));
-    }
-    {
-        let server =
-            Server::new(shared.clone(), ServerOptions { limits: opts.limits.clone(), ..ServerOptions::default() });
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move { server.run(token.cancelled_owned()).await }));
-    }
+    let (admin_addr, admin_task) = spawn_admin(opts.admin, &shared, &shutdown).await?;
+    let mut tasks = vec![admin_task, spawn_server(&shared, &opts.limits, &shutdown)];
     let mut watched: Vec<PathBuf> = Vec::new();
     if let Source::Path(p) = &source {
         watched.push(p.clone());
@@ -191,6 +212,40 @@ pub async fn start(source: Source, opts: &ServeOptions) -> anyhow::Result<Gatewa
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(Gateway { shared, admin_addr, reloader, shutdown, tasks })
+}
+
+/// The state listeners, admin server and reloader share, with the access log `opts` asks for.
+pub fn new_shared(keys: KeyRing, opts: &ServeOptions) -> anyhow::Result<Arc<Shared>> {
+    let logger = AccessLogger::new(AccessLogOptions {
+        format: opts.access_log,
+        sample: opts.access_log_sample,
+        sink: opts.access_log_file.clone().map_or(Sink::Stdout, Sink::File),
+    })?;
+    Ok(Shared::new(keys, logger))
+}
+
+/// Binds the admin address and serves health, readiness, status, metrics and config until shutdown.
+pub async fn spawn_admin(
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let admin = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding admin address {addr}"))?;
+    let admin_addr = admin.local_addr()?;
+    let (shared, token) = (shared.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { sessile_proxy::admin::serve(admin, shared, token.cancelled_owned()).await });
+    Ok((admin_addr, task))
+}
+
+/// Runs the data plane: binds and unbinds listeners as snapshots change, until shutdown.
+pub fn spawn_server(
+    shared: &Arc<Shared>,
+    limits: &sessile_proxy::Limits,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    let server = Server::new(shared.clone(), ServerOptions { limits: limits.clone(), ..ServerOptions::default() });
+    let token = shutdown.clone();
+    tokio::spawn(async move { server.run(token.cancelled_owned()).await })
 }
 
 /// Watches files and reloads after changes settle (debounced), until shutdown.
@@ -271,7 +326,7 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
     b.build()
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
