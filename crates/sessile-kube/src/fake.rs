@@ -363,33 +363,9 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for pair in req.uri().query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(k.to_string(), percent_decode(v));
+        out.insert(k.to_string(), sessile_core::matching::percent_decode(v));
     }
     out
-}
-
-fn percent_decode(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn handle_inner(state: &Arc<State>, req: Request<Incoming>, stop: CancellationToken) -> Result<Reply, ApiError> {
@@ -848,6 +824,7 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
+        use sessile_core::matching::percent_decode;
         assert_eq!(percent_decode("metadata.name%3Dkeys%2Cx"), "metadata.name=keys,x");
         assert_eq!(percent_decode("100%"), "100%");
     }

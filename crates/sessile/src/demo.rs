@@ -224,13 +224,7 @@ async fn builtin(opts: &ServeOptions) -> ExitCode {
          Press Ctrl-C to stop.\n",
         gateway.admin_addr, gateway.admin_addr
     );
-    let token = gateway.shutdown_token();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = token.cancelled() => {},
-    }
-    gateway.stop().await;
-    ExitCode::SUCCESS
+    serve_until_stopped(gateway).await
 }
 
 /// `demo --config PATH`: echo backends on the endpoints of PATH, then (unless backends-only) serve PATH.
@@ -274,6 +268,11 @@ async fn with_config(opts: &ServeOptions, path: &Path, backends_only: bool) -> E
         listeners.join(", "),
         gateway.admin_addr
     );
+    serve_until_stopped(gateway).await
+}
+
+/// Runs until Ctrl-C (or a stop from elsewhere), then drains.
+async fn serve_until_stopped(gateway: run::Gateway) -> ExitCode {
     let token = gateway.shutdown_token();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},

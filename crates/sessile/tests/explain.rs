@@ -60,6 +60,25 @@ async fn sticky_gateway(backends: &[TestBackend], persistence: &str) -> TestGate
     .await
 }
 
+/// `sessile explain` of `GET /` against the gateway's configuration, with its state directory `state`.
+fn offline_args(
+    gw: &TestGateway,
+    state: &std::path::Path,
+    cookies: Vec<String>,
+    json: bool,
+) -> sessile::explain::ExplainArgs {
+    sessile::explain::ExplainArgs {
+        config: gw.config.path().to_path_buf(),
+        state_dir: state.to_path_buf(),
+        session_keys: None,
+        method: "GET".into(),
+        url: gw.url("/"),
+        headers: vec![],
+        cookies,
+        json,
+    }
+}
+
 fn cookie_param(jar: &CookieJar, name: &str) -> (&'static str, String) {
     ("cookie", format!("{name}={}", jar.get(name).expect("session cookie")))
 }
@@ -312,16 +331,8 @@ async fn offline_command_decodes_tokens_with_the_gateways_key_ring() {
     let mut jar = CookieJar::new();
     let resp = client.send_with_jar(TestRequest::get(gw.url("/")), &mut jar).await.expect("request");
     let pinned = b.iter().find(|x| Some(x.name().to_string()) == resp.backend()).unwrap().addr().to_string();
-    let args = |json: bool, state: &std::path::Path| sessile::explain::ExplainArgs {
-        config: gw.config.path().to_path_buf(),
-        state_dir: state.to_path_buf(),
-        session_keys: None,
-        method: "GET".into(),
-        url: gw.url("/"),
-        headers: vec![],
-        cookies: vec![format!("sid={}", jar.get("sid").unwrap())],
-        json,
-    };
+    let cookies = vec![format!("sid={}", jar.get("sid").unwrap())];
+    let args = |json: bool, state: &std::path::Path| offline_args(&gw, state, cookies.clone(), json);
     let text = sessile::explain::render(&args(false, gw.state.path())).expect("explain");
     assert!(text.contains(&format!("resumes; endpoint {pinned} of default/svc:80")), "{text}");
     assert!(text.contains("offline: endpoint health is not known"), "{text}");
@@ -427,16 +438,7 @@ async fn offline_explain_uses_the_gateways_first_seen_times_without_changing_the
     assert!(live["route"]["precedence"].as_str().unwrap().starts_with("older route"), "{live:#}");
     let memory = gw.state.path().join("first-seen.json");
     let before = std::fs::read(&memory).expect("first-seen times saved");
-    let args = sessile::explain::ExplainArgs {
-        config: gw.config.path().to_path_buf(),
-        state_dir: gw.state.path().to_path_buf(),
-        session_keys: None,
-        method: "GET".into(),
-        url: gw.url("/"),
-        headers: vec![],
-        cookies: vec![],
-        json: true,
-    };
+    let args = offline_args(&gw, gw.state.path(), vec![], true);
     let offline: serde_json::Value = serde_json::from_str(&sessile::explain::render(&args).unwrap()).unwrap();
     assert_eq!(offline["route"]["name"], "zeta", "{offline:#}");
     assert_eq!(std::fs::read(&memory).unwrap(), before, "explain never writes the gateway's state");
