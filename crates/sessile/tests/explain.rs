@@ -444,3 +444,57 @@ async fn offline_explain_uses_the_gateways_first_seen_times_without_changing_the
     assert_eq!(std::fs::read(&memory).unwrap(), before, "explain never writes the gateway's state");
     gw.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn https_listener_certificate_and_grpc_method_precedence_are_explained() {
+    let b = backends("exgrpc", 2).await;
+    let port = free_port();
+    let rules = "  - matches: [{method: {method: Get}}]\n    backendRefs: [{name: by-method, port: 80}]\n  - matches: [{method: {service: svc.Foo}}]\n    backendRefs: [{name: by-service, port: 80}]\n";
+    let grpc = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+    );
+    let gw = gateway_with(
+        port,
+        &[
+            ("gw.yaml", https_gateway_yaml(port, "example-cert")),
+            (
+                "secret.yaml",
+                tls_secret_yaml(
+                    "example-cert",
+                    sessile_testkit::tls::EXAMPLE_COM_CERT_PEM,
+                    sessile_testkit::tls::EXAMPLE_COM_KEY_PEM,
+                ),
+            ),
+            (
+                "svc.yaml",
+                format!(
+                    "{}{}",
+                    service_yaml("default", "by-method", &[&b[0]]),
+                    service_yaml("default", "by-service", &[&b[1]])
+                ),
+            ),
+            ("route.yaml", grpc),
+        ],
+    )
+    .await;
+    let url = format!("https://shop.example.com:{port}/svc.Foo/Get");
+    let params = [
+        ("url", url.clone()),
+        ("method", "POST".to_string()),
+        ("header", "content-type: application/grpc".to_string()),
+        ("format", "json".to_string()),
+    ];
+    let (status, body) = explain_raw(&gw, &params).await;
+    assert_eq!(status, 200, "{body}");
+    let ex: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ex["listener"]["protocol"], "HTTPS", "{ex:#}");
+    assert!(ex["listener"]["certificate"].as_str().unwrap().starts_with("default/example-cert"), "{ex:#}");
+    assert_eq!(ex["route"]["kind"], "GRPCRoute");
+    assert_eq!(ex["route"]["rule"], 1, "more service characters win: {ex:#}");
+    assert!(ex["route"]["precedence"].as_str().unwrap().starts_with("longer path/service match"), "{ex:#}");
+    assert_eq!(ex["endpoint"]["address"], b[1].addr().to_string());
+    // The URL's scheme disagreeing with the listener is pointed out.
+    let (_, text) = explain_raw(&gw, &[("url", format!("http://shop.example.com:{port}/svc.Foo/Get"))]).await;
+    assert!(text.contains(&format!("port {port} is an HTTPS listener but the URL says http")), "{text}");
+    gw.gateway.stop().await;
+}
