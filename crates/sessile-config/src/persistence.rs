@@ -25,7 +25,7 @@ pub enum CarrierKind {
 
 /// Parses and validates one `sessionPersistence` object. `field` prefixes error messages
 /// (e.g. `spec.rules[0].sessionPersistence`).
-pub fn parse(value: &Value, field: &str) -> Result<PersistenceSpec, String> {
+pub fn parse(value: &Value, field: impl std::fmt::Display) -> Result<PersistenceSpec, String> {
     let obj = value.as_object().ok_or_else(|| format!("{field}: must be an object"))?;
     let str_field = |name: &str| -> Result<Option<&str>, String> {
         match obj.get(name) {
