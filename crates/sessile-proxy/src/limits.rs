@@ -18,7 +18,7 @@ use http::{HeaderMap, Request, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// Every downstream limit, with production defaults (see docs/configuration.md, "Limits").
@@ -242,7 +242,6 @@ pub struct ConnTracker {
     /// `(generation << 8) | reason index`; 0 when the scanned head was fine.
     verdict: AtomicU64,
     h2: AtomicBool,
-    notify: Notify,
 }
 
 /// Which timeout ended a connection.
@@ -266,7 +265,6 @@ impl ConnTracker {
             head_expected: AtomicBool::new(false),
             verdict: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            notify: Notify::new(),
         })
     }
 
@@ -291,11 +289,8 @@ impl ConnTracker {
 
     fn end_request(&self) {
         self.idle_since.store(self.now_ms(), Ordering::SeqCst);
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            if !self.h2.load(Ordering::Relaxed) {
-                self.head_expected.store(true, Ordering::SeqCst);
-            }
-            self.notify.notify_one();
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && !self.h2.load(Ordering::Relaxed) {
+            self.head_expected.store(true, Ordering::SeqCst);
         }
     }
 
@@ -303,34 +298,42 @@ impl ConnTracker {
         if self.in_flight.load(Ordering::SeqCst) == 0
             && !self.h2.load(Ordering::Relaxed)
             && self.head_started.load(Ordering::SeqCst) == NONE
-            && self.head_started.compare_exchange(NONE, self.now_ms(), Ordering::SeqCst, Ordering::SeqCst).is_ok()
         {
-            self.notify.notify_one();
+            // A head starts arriving; the `expired` timer picks the deadline up when it next fires.
+            let _ = self.head_started.compare_exchange(NONE, self.now_ms(), Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 
     /// Resolves when the connection has been waiting for a request head longer than `header`
     /// or has had no request in flight for longer than `idle`.
+    ///
+    /// Nothing wakes it per request: its one timer is re-armed only when it fires, at the deadline
+    /// then known or at the latest `min(header, idle)` later. A deadline that starts after a check
+    /// ends at least that long after it, so none is missed. (It used to be woken, and its timer
+    /// replaced, when each head started and each response ended: callgrind ~1,900 instructions
+    /// and two extra polls of the connection per request.)
     pub async fn expired(&self, header: Duration, idle: Duration) -> Expiry {
+        let step = header.min(idle).max(Duration::from_millis(10));
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
         loop {
-            if self.in_flight.load(Ordering::SeqCst) > 0 {
-                self.notify.notified().await;
-                continue;
+            sleep.as_mut().await;
+            let now = Instant::now();
+            let mut next = now + step;
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                let head = self.head_started.load(Ordering::SeqCst);
+                let (start, limit, kind) = if head == NONE {
+                    (self.idle_since.load(Ordering::SeqCst), idle, Expiry::Idle)
+                } else {
+                    (head, header, Expiry::HeaderRead)
+                };
+                let deadline = self.base + Duration::from_millis(start) + limit;
+                if now >= deadline {
+                    return kind;
+                }
+                next = next.min(deadline);
             }
-            let head = self.head_started.load(Ordering::SeqCst);
-            let (start, limit, kind) = if head == NONE {
-                (self.idle_since.load(Ordering::SeqCst), idle, Expiry::Idle)
-            } else {
-                (head, header, Expiry::HeaderRead)
-            };
-            let deadline = self.base + Duration::from_millis(start) + limit;
-            if Instant::now() >= deadline {
-                return kind;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.notify.notified() => {}
-            }
+            sleep.as_mut().reset(next);
         }
     }
 }
@@ -400,7 +403,20 @@ impl HeadScan {
 
     /// Scans `bytes`; returns the verdict index when the head ended within them.
     fn scan(&mut self, bytes: &[u8], mut prev: u8) -> Option<u64> {
-        for &b in bytes {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            // Past a field name only CR and LF matter: skip the run of other bytes at once (what
+            // the byte-by-byte arm below does to each: count it, remember it as `prev`). Header
+            // values are most of a head (a session cookie alone is ~150 bytes).
+            if !self.in_name && prev != b'\r' && b != b'\r' && b != b'\n' {
+                let run = bytes[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(bytes.len() - i);
+                self.line_len += run;
+                i += run;
+                prev = bytes[i - 1];
+                continue;
+            }
+            i += 1;
             match b {
                 b'\n' => {
                     if prev != b'\r' {
@@ -494,7 +510,6 @@ impl<T> TrackedIo<T> {
                 t.h2.store(true, Ordering::SeqCst);
                 t.head_started.store(NONE, Ordering::SeqCst);
                 self.scan.active = false;
-                t.notify.notify_one();
             }
         }
         t.on_read();
@@ -563,6 +578,85 @@ mod tests {
         let mut s = HeadScan::default();
         s.start(0);
         s.scan(head, 0)
+    }
+
+    /// The scanner as it was before the value skip, one byte at a time: the reference.
+    fn bytewise_verdict(head: &[u8]) -> Option<u64> {
+        let (mut line_len, mut lines, mut name, mut in_name) = (0usize, 0usize, Vec::new(), true);
+        let (mut saw_cl, mut saw_te, mut bare, mut prev) = (false, false, false, 0u8);
+        for &b in head {
+            match b {
+                b'\n' => {
+                    bare |= prev != b'\r';
+                    if line_len == 0 {
+                        if lines > 0 {
+                            return Some(if bare {
+                                1
+                            } else if saw_cl && saw_te {
+                                2
+                            } else {
+                                0
+                            });
+                        }
+                    } else {
+                        if lines > 0 && !in_name {
+                            saw_cl |= name == b"content-length";
+                            saw_te |= name == b"transfer-encoding";
+                        }
+                        lines += 1;
+                    }
+                    (line_len, in_name) = (0, true);
+                    name.clear();
+                }
+                b'\r' => bare |= prev == b'\r',
+                _ => {
+                    bare |= prev == b'\r';
+                    line_len += 1;
+                    if in_name {
+                        if b == b':' {
+                            in_name = false;
+                        } else if name.len() < 18 {
+                            name.push(b.to_ascii_lowercase());
+                        } else {
+                            name = vec![0; 18];
+                        }
+                    }
+                }
+            }
+            prev = b;
+        }
+        None
+    }
+
+    #[test]
+    fn scanner_agrees_with_the_bytewise_reference_at_every_split() {
+        let heads: [&[u8]; 9] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: sticky=abcdefghijklmnopqrstuvwxyz0123456789\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: ab\r\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Long-Header-Name-Here: 1\r\ncontent-length: 3\r\ntransfer-encoding: x\r\n\r\n",
+            b"GET http://a:80/ HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+        ];
+        for head in heads {
+            let expected = bytewise_verdict(head);
+            for split in 0..=head.len() {
+                for step in [1, 3, head.len().max(1)] {
+                    let mut s = HeadScan::default();
+                    s.start(0);
+                    let (mut prev, mut out) = (0u8, None);
+                    let (a, b) = head.split_at(split);
+                    for chunk in a.chunks(step).chain(b.chunks(step)) {
+                        out = out.or_else(|| s.scan(chunk, prev));
+                        prev = *chunk.last().unwrap();
+                    }
+                    assert_eq!(out, expected, "{:?} split at {split}, step {step}", String::from_utf8_lossy(head));
+                }
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct ConnContext {
     /// The configured bind address of the listener (looked up in the snapshot).
     pub bind: SocketAddr,
     pub peer: SocketAddr,
+    /// `peer`'s IP address as a header value (X-Forwarded-For), formatted once per connection.
+    pub peer_ip: HeaderValue,
     pub https: bool,
     /// The TLS server name the client asked for (lowercase), on HTTPS listeners.
     pub sni: Option<String>,
@@ -389,7 +391,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<String> {
     req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -401,14 +403,26 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present is much cheaper than
+    // hashing and removing eight names that are not there (callgrind: ~4,000 instructions per
+    // request for the request and the response).
+    if !headers.keys().any(|n| n == header::TE || HOP_BY_HOP.contains(n)) {
+        return;
+    }
+    // Names the Connection header lists (the usual `keep-alive` is in the fixed list already).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(t)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Remove only the names present (removing an absent name still hashes it).
+    let present: Vec<HeaderName> =
+        headers.keys().filter(|n| HOP_BY_HOP.contains(n) || named.contains(n)).cloned().collect();
+    for name in &present {
         headers.remove(name);
     }
     // TE is hop-by-hop except for "trailers", which gRPC needs end to end.
@@ -464,11 +478,15 @@ fn upstream_request(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, v);
     }
-    let peer_ip = ctx.peer.ip().to_string();
     // Every X-Forwarded-For field line counts, in order (a list header may be split across lines).
     let prev: Vec<&str> = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if prev.is_empty() { peer_ip } else { format!("{}, {peer_ip}", prev.join(", ")) };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = if prev.is_empty() {
+        // The common case: the connection's peer address, formatted once per connection.
+        Some(ctx.peer_ip.clone())
+    } else {
+        HeaderValue::from_str(&format!("{}, {}", prev.join(", "), ctx.peer.ip())).ok()
+    };
+    if let Some(v) = xff {
         parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     parts.headers.insert(
