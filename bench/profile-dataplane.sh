@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# bench/profile-dataplane.sh: one Sessile worker under wrk, with the proxy's CPU per request,
+# and optionally its system calls per request (strace -c) or a perf profile.
+#
+# Layout as in the shared harness: 3 nginx backends (127.0.0.1:9301-9303) and wrk on core
+# LOAD_CPU (0), `sessile serve --workers 1` (via bench/ours.sh) on core PROXY_CPU (1).
+#
+#   bench/profile-dataplane.sh                      # cookie mode, persisted sessions, 8 s
+#   MODE=header SCENARIO=new bench/profile-dataplane.sh
+#   PROFILE=strace DURATION=3 bench/profile-dataplane.sh   # syscalls per request
+#   PROFILE=perf bench/profile-dataplane.sh                # perf record -g (cpu-clock) -> perf.data
+#   PROFILE=callgrind CONNS=10 bench/profile-dataplane.sh  # user-space instructions per request
+#        (reproducible under load: use it for A/B comparisons; the proxy runs ~50x slower)
+#
+# Knobs: MODE=cookie|header|none  SCENARIO=persisted|new  DURATION=8  CONNS=50
+#        PROFILE=none|strace|perf  LOAD_CPU=0 PROXY_CPU=1  SESSILE_BIN  OUT=bench/results/profile-<ts>
+#        PERF_FREQ=2000 PERF_CALLGRAPH=fp (or dwarf: slower, but sees through frame-pointer-less code)
+# Prints req/s, proxy CPU us/request (utime+stime from /proc), and the profile summary.
+# Everything it starts is stopped by PID on exit.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MODE=${MODE:-cookie} SCENARIO=${SCENARIO:-persisted} DURATION=${DURATION:-8} CONNS=${CONNS:-50}
+PROFILE=${PROFILE:-none} LOAD_CPU=${LOAD_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
+OUT=${OUT:-$here/results/profile-$(date +%Y%m%d-%H%M%S)}
+export SESSILE_BIN=${SESSILE_BIN:-$here/../target/release/sessile}
+mkdir -p "$OUT/logs"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+start() { # name cpu cmd...
+  local name=$1 cpu=$2
+  shift 2
+  setsid taskset -c "$cpu" "$@" >"$OUT/logs/$name.log" 2>&1 </dev/null &
+  pids+=($!)
+}
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+for i in 1 2 3; do
+  port=$((9300 + i)) dir="$OUT/nginx-b$i"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/cb; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f; uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / { default_type text/plain; add_header x-backend b$i always; return 200 "hello from b$i\n"; }
+  }
+}
+EOF
+  start "b$i" "$LOAD_CPU" nginx -c "$dir/nginx.conf"
+done
+for i in 1 2 3; do wait_port $((9300 + i)); done
+
+if [ "$PROFILE" = callgrind ]; then
+  real=$SESSILE_BIN
+  export SESSILE_BIN=$OUT/sessile-under-callgrind
+  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s/callgrind.%%p.out %s "$@"\n' "$OUT" "$real" >"$SESSILE_BIN"
+  chmod +x "$SESSILE_BIN"
+fi
+PORT=8310
+start sessile "$PROXY_CPU" env PORT=$PORT BACKENDS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
+  STICKY_MODE="$MODE" WORKERS=1 bash "$here/ours.sh"
+wait_port $PORT
+[ "$PROFILE" = callgrind ] && sleep 3
+# ours.sh (pids[-1], after setsid/taskset/env exec) runs `sessile serve` as its child.
+spid=$(pgrep -P "${pids[-1]}" -f 'serve --config' | head -1)
+[ -n "$spid" ] || { echo "sessile process not found" >&2; exit 1; }
+
+# The token to replay (persisted scenario).
+lua="$OUT/wrk.lua"
+: >"$lua"
+if [ "$SCENARIO" = persisted ]; then
+  case "$MODE" in
+    cookie)
+      tok=$(curl -s -D - -o /dev/null "http://127.0.0.1:$PORT/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(sticky=[^;]*\).*/\1/p' | head -1)
+      echo "wrk.headers[\"Cookie\"] = \"$tok\"" >"$lua" ;;
+    header)
+      tok=$(curl -s -D - -o /dev/null "http://127.0.0.1:$PORT/" | tr -d '\r' | sed -n 's/^[Xx]-[Ss]ticky: \(.*\)/\1/p' | head -1)
+      echo "wrk.headers[\"x-sticky\"] = \"$tok\"" >"$lua" ;;
+  esac
+fi
+
+ticks() { awk '{print $14 + $15}' "/proc/$spid/stat"; }
+hz=$(getconf CLK_TCK)
+# Warm up the upstream pool.
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$lua" "http://127.0.0.1:$PORT/" >/dev/null
+t0=$(ticks)
+case "$PROFILE" in
+  strace) strace -c -f -p "$spid" -o "$OUT/strace.txt" & prof=$! ;;
+  callgrind) callgrind_control -z "$spid" >/dev/null; prof= ;;
+  perf) perf record -F "${PERF_FREQ:-2000}" --call-graph "${PERF_CALLGRAPH:-fp}" -o "$OUT/perf.data" -p "$spid" 2>"$OUT/logs/perf.log" & prof=$! ;;
+  *) prof= ;;
+esac
+sleep 0.3
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/" | tee "$OUT/wrk.txt"
+t1=$(ticks)
+if [ -n "$prof" ]; then kill -INT "$prof" 2>/dev/null || true; wait "$prof" 2>/dev/null || true; fi
+reqs=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")
+if [ "$PROFILE" = callgrind ]; then
+  callgrind_control -d "$spid" >/dev/null
+  sleep 1
+  dump=$(ls -t "$OUT"/callgrind.*.out.* 2>/dev/null | head -1)
+  ir=$(awk '/^(summary|totals):/{print $2; exit}' "$dump")
+  echo "user-space instructions: $ir over $reqs requests = $((ir / reqs)) Ir/request ($dump)"
+fi
+echo "mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
+awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "proxy CPU: %.1f us/request (%d requests)\n", t / hz * 1e6 / n, n}'
+if [ "$PROFILE" = strace ]; then
+  echo "system calls per request (strace slows the proxy; counts, not times, are the point):"
+  awk -v n="$reqs" 'NR>2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f/req  errors %s\n", $NF, $4 / n, ($5 ~ /^[0-9]+$/ ? $5 : 0)}' "$OUT/strace.txt" | sort -k2 -rn | head -12
+fi
+[ "$PROFILE" = perf ] && echo "perf report -i $OUT/perf.data --no-children --sort symbol | head -60"
+echo "output: $OUT"
