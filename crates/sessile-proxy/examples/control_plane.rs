@@ -90,5 +90,8 @@ fn main() {
             ms(t0),
             peak_rss_kib()
         );
+        // Reloads are at least the watcher's 100 ms debounce apart; the previous configuration is
+        // freed in the background meanwhile (back to back, that free would compete with translation).
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
