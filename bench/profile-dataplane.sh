@@ -12,7 +12,9 @@
 #   PROFILE=callgrind CONNS=10 bench/profile-dataplane.sh  # user-space instructions per request
 #        (reproducible under load: use it for A/B comparisons; the proxy runs ~50x slower)
 #
-# Knobs: MODE=cookie|header|none  SCENARIO=persisted|new  DURATION=8  CONNS=50
+#   PROXY=haproxy bench/profile-dataplane.sh               # the same layout with HAProxy 'cookie insert'
+#        (user/system split and system calls of the anchor, to compare with Sessile's)
+# Knobs: MODE=cookie|header|none  SCENARIO=persisted|new  DURATION=8  CONNS=50  PROXY=sessile|haproxy
 #        PROFILE=none|strace|perf  LOAD_CPU=0 PROXY_CPU=1  SESSILE_BIN  OUT=bench/results/profile-<ts>
 #        PERF_FREQ=2000 PERF_CALLGRAPH=fp (or dwarf: slower, but sees through frame-pointer-less code)
 # Prints req/s, proxy CPU us/request (utime+stime from /proc), and the profile summary.
@@ -20,7 +22,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODE=${MODE:-cookie} SCENARIO=${SCENARIO:-persisted} DURATION=${DURATION:-8} CONNS=${CONNS:-50}
-PROFILE=${PROFILE:-none} LOAD_CPU=${LOAD_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
+PROFILE=${PROFILE:-none} PROXY=${PROXY:-sessile} LOAD_CPU=${LOAD_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
 OUT=${OUT:-$here/results/profile-$(date +%Y%m%d-%H%M%S)}
 export SESSILE_BIN=${SESSILE_BIN:-$here/../target/release/sessile}
 mkdir -p "$OUT/logs"
@@ -70,13 +72,41 @@ if [ "$PROFILE" = callgrind ]; then
   chmod +x "$SESSILE_BIN"
 fi
 PORT=8310
-start sessile "$PROXY_CPU" env PORT=$PORT BACKENDS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
-  STICKY_MODE="$MODE" WORKERS=1 bash "$here/ours.sh"
-wait_port $PORT
-[ "$PROFILE" = callgrind ] && sleep 3
-# ours.sh (pids[-1], after setsid/taskset/env exec) runs `sessile serve` as its child.
-spid=$(pgrep -P "${pids[-1]}" -f 'serve --config' | head -1)
-[ -n "$spid" ] || { echo "sessile process not found" >&2; exit 1; }
+if [ "$PROXY" = haproxy ]; then
+  MODE=cookie
+  cat >"$OUT/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse safe
+frontend fe
+  bind 127.0.0.1:$PORT
+  default_backend be
+backend be
+  balance roundrobin
+  cookie sticky insert indirect nocache
+  server b1 127.0.0.1:9301 cookie b1
+  server b2 127.0.0.1:9302 cookie b2
+  server b3 127.0.0.1:9303 cookie b3
+EOF
+  start haproxy "$PROXY_CPU" haproxy -db -f "$OUT/haproxy.cfg"
+  wait_port $PORT
+  spid=${pids[-1]}
+else
+  start sessile "$PROXY_CPU" env PORT=$PORT BACKENDS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
+    STICKY_MODE="$MODE" WORKERS=1 bash "$here/ours.sh"
+  wait_port $PORT
+  [ "$PROFILE" = callgrind ] && sleep 3
+  # ours.sh (pids[-1], after setsid/taskset/env exec) runs `sessile serve` as its child.
+  spid=$(pgrep -P "${pids[-1]}" -f 'serve --config' | head -1)
+  [ -n "$spid" ] || { echo "sessile process not found" >&2; exit 1; }
+fi
 
 # The token to replay (persisted scenario).
 lua="$OUT/wrk.lua"
@@ -93,10 +123,12 @@ if [ "$SCENARIO" = persisted ]; then
 fi
 
 ticks() { awk '{print $14 + $15}' "/proc/$spid/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$spid/stat"; }
+minor_faults() { awk '{print $10}' "/proc/$spid/stat"; }
 hz=$(getconf CLK_TCK)
 # Warm up the upstream pool.
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$lua" "http://127.0.0.1:$PORT/" >/dev/null
-t0=$(ticks)
+t0=$(ticks) s0=$(sys_ticks) f0=$(minor_faults)
 case "$PROFILE" in
   strace) strace -c -f -p "$spid" -o "$OUT/strace.txt" & prof=$! ;;
   callgrind) callgrind_control -z "$spid" >/dev/null; prof= ;;
@@ -105,7 +137,7 @@ case "$PROFILE" in
 esac
 sleep 0.3
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/" | tee "$OUT/wrk.txt"
-t1=$(ticks)
+t1=$(ticks) s1=$(sys_ticks) f1=$(minor_faults)
 if [ -n "$prof" ]; then kill -INT "$prof" 2>/dev/null || true; wait "$prof" 2>/dev/null || true; fi
 reqs=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")
 if [ "$PROFILE" = callgrind ]; then
@@ -115,8 +147,8 @@ if [ "$PROFILE" = callgrind ]; then
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$dump")
   echo "user-space instructions: $ir over $reqs requests = $((ir / reqs)) Ir/request ($dump)"
 fi
-echo "mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
-awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "proxy CPU: %.1f us/request (%d requests)\n", t / hz * 1e6 / n, n}'
+echo "proxy=$PROXY mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
+awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v s=$((s1 - s0)) -v f=$((f1 - f0)) 'BEGIN{printf "proxy CPU: %.1f us/request (user %.1f, system %.1f; %d requests; %.3f page faults/request)\n", t / hz * 1e6 / n, (t - s) / hz * 1e6 / n, s / hz * 1e6 / n, n, f / n}'
 if [ "$PROFILE" = strace ]; then
   echo "system calls per request (strace slows the proxy; counts, not times, are the point):"
   awk -v n="$reqs" 'NR>2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f/req  errors %s\n", $NF, $4 / n, ($5 ~ /^[0-9]+$/ ? $5 : 0)}' "$OUT/strace.txt" | sort -k2 -rn | head -12

@@ -1534,6 +1534,7 @@ fn build_rule(route: Arc<RouteRef>, rule: &CompiledRule, session: Option<Arc<Ses
         timeouts: rule.timeouts,
         session,
         picks: Default::default(),
+        attachment: Default::default(),
     }
 }
 

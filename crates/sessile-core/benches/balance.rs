@@ -46,6 +46,7 @@ fn rule(backends: usize) -> Rule {
         timeouts: Timeouts::default(),
         session: None,
         picks: Default::default(),
+        attachment: Default::default(),
     }
 }
 

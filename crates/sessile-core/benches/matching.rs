@@ -27,6 +27,7 @@ fn table(routes: usize) -> RouteTable {
             timeouts: Timeouts::default(),
             session: None,
             picks: Default::default(),
+            attachment: Default::default(),
         });
         let m = RequestMatch {
             path: PathMatch::prefix(&format!("/api/v{}/svc{i}", i % 7)),

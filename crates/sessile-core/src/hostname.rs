@@ -1,5 +1,7 @@
 //! Hostname patterns (`foo.example.com`, `*.example.com`) and their intersection rules.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 /// A hostname a listener or route accepts. Stored lowercase.
@@ -78,7 +80,7 @@ impl std::fmt::Display for HostPattern {
 }
 
 /// Strips the port and lowercases a Host header / :authority value.
-pub fn normalize_host(authority: &str) -> String {
+pub fn normalize_host(authority: &str) -> Cow<'_, str> {
     let host = if authority.starts_with('[') {
         match authority.find(']') {
             Some(end) => &authority[..=end],
@@ -87,7 +89,12 @@ pub fn normalize_host(authority: &str) -> String {
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    // Hosts usually arrive in lowercase: borrow them rather than copy.
+    match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! The immutable runtime snapshot the data plane reads: ports, routes, rules, backends, endpoints.
 
+use std::any::Any;
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -112,6 +114,27 @@ pub struct Rule {
     /// Counts weighted picks (see `next_weighted`).
     #[serde(skip)]
     pub picks: AtomicU64,
+    /// The data plane's per-rule state (its metric handles).
+    #[serde(skip)]
+    pub attachment: Attachment,
+}
+
+/// State the data plane attaches to a rule or backend on first use (its metric handles): found
+/// without a map lookup per request, and dropped with the snapshot that owns the object.
+#[derive(Default)]
+pub struct Attachment(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Attachment {
+    /// The attached `T`, made by `init` on first use; `None` if a value of another type is attached.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Attachment(set)" } else { "Attachment(empty)" })
+    }
 }
 
 /// Whether a pick moves the weighted and round-robin rotations (live traffic) or only looks
@@ -190,11 +213,14 @@ pub struct Backend {
     pub endpoints: Vec<Endpoint>,
     #[serde(skip)]
     pub next: AtomicUsize,
+    /// The data plane's per-backend state (per-endpoint metric handles).
+    #[serde(skip)]
+    pub attachment: Attachment,
 }
 
 impl Backend {
     pub fn new(id: Arc<str>, id_hash: u64, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>) -> Backend {
-        Backend { id, id_hash, protocol, endpoints, next: AtomicUsize::new(0) }
+        Backend { id, id_hash, protocol, endpoints, next: AtomicUsize::new(0), attachment: Attachment::default() }
     }
 
     /// Round-robin start index for the next pick.
@@ -212,6 +238,13 @@ impl Backend {
 
     pub fn find_endpoint(&self, addr: SocketAddr, identity_hash: u64) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.addr == addr && e.identity_hash == identity_hash)
+    }
+
+    /// The position of `e` in `endpoints` when it is one of them (from its address in memory: no scan).
+    pub fn endpoint_index(&self, e: &Endpoint) -> Option<usize> {
+        let size = std::mem::size_of::<Endpoint>();
+        let offset = (std::ptr::from_ref(e) as usize).wrapping_sub(self.endpoints.as_ptr() as usize);
+        (offset.is_multiple_of(size) && offset / size < self.endpoints.len()).then_some(offset / size)
     }
 }
 
@@ -384,6 +417,25 @@ mod serde_opt_duration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn endpoint_index_finds_only_the_backends_own_endpoints() {
+        let endpoint = |port: u16| Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            identity: format!("pod-{port}"),
+            identity_hash: u64::from(port),
+            state: EndpointState::Ready,
+        };
+        let backend = Backend::new("ns/a:80".into(), 1, UpstreamProtocol::Http1, (1..=5).map(endpoint).collect());
+        let other = Backend::new("ns/b:80".into(), 2, UpstreamProtocol::Http1, vec![endpoint(1)]);
+        for (i, e) in backend.endpoints.iter().enumerate() {
+            assert_eq!(backend.endpoint_index(e), Some(i));
+        }
+        let found = backend.find_endpoint(SocketAddr::from(([127, 0, 0, 1], 4)), 4).unwrap();
+        assert_eq!(backend.endpoint_index(found), Some(3));
+        assert_eq!(backend.endpoint_index(&other.endpoints[0]), None);
+        assert_eq!(backend.endpoint_index(&endpoint(1)), None);
+    }
     use super::*;
 
     #[test]
@@ -405,6 +457,7 @@ mod tests {
             timeouts: Timeouts::default(),
             session: None,
             picks: AtomicU64::new(0),
+            attachment: Attachment::default(),
         };
         for window in [100, 500, 1000] {
             let mut counts = [0usize; 3];

@@ -198,7 +198,7 @@ pub struct EndpointInfo {
 
 /// Explains `query` against the live (or offline) state: listener, route, session, endpoint.
 pub fn explain(shared: &Shared, query: &Query, now_ms: u64) -> Explanation {
-    let host = normalize_host(query.uri.authority().map_or("", |a| a.as_str()));
+    let host = normalize_host(query.uri.authority().map_or("", |a| a.as_str())).into_owned();
     let mut ex = Explanation {
         request: RequestSummary { method: query.method.to_string(), url: query.uri.to_string(), host: host.clone() },
         listener: None,

@@ -406,11 +406,11 @@ impl HeadScan {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
-            // Past a field name only CR and LF matter: skip the run of other bytes at once (what
-            // the byte-by-byte arm below does to each: count it, remember it as `prev`). Header
-            // values are most of a head (a session cookie alone is ~150 bytes).
-            if !self.in_name && prev != b'\r' && b != b'\r' && b != b'\n' {
-                let run = bytes[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(bytes.len() - i);
+            // Past a field name, and on the request line, only CR and LF matter: skip the run of
+            // other bytes at once (what the byte-by-byte arm below does to each: count it, remember
+            // it as `prev`). Header values are most of a head (a session cookie alone is ~150 bytes).
+            if (!self.in_name || self.lines == 0) && prev != b'\r' && b != b'\r' && b != b'\n' {
+                let run = find_cr_or_lf(&bytes[i..]).unwrap_or(bytes.len() - i);
                 self.line_len += run;
                 i += run;
                 prev = bytes[i - 1];
@@ -473,6 +473,26 @@ impl HeadScan {
         }
         None
     }
+}
+
+/// The position of the first CR or LF, eight bytes at a time (header values are most of a head).
+fn find_cr_or_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero iff its high bit is set in `(x - ONES) & !x & HIGHS`; a borrow can
+    // only mark bytes above the first zero, so the lowest marked byte is exact.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        let found = zero_bytes(word ^ (ONES * u64::from(b'\r'))) | zero_bytes(word ^ (ONES * u64::from(b'\n')));
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks.remainder().iter().position(|&c| c == b'\r' || c == b'\n').map(|p| offset + p)
 }
 
 /// A downstream connection's byte stream: holds its connection slot and reports reads to the tracker.
@@ -572,6 +592,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn find_cr_or_lf_agrees_with_a_byte_scan() {
+        let mut bytes = vec![b'a'; 40];
+        bytes.extend_from_slice(&[0x8d, 0x0c, 0x0e, 0x8a, 0xff, 0x00]);
+        for len in 0..bytes.len() {
+            for at in 0..=len {
+                for mark in [b'\r', b'\n'] {
+                    let mut b = bytes[..len].to_vec();
+                    if at < len {
+                        b[at] = mark;
+                    }
+                    let expected = b.iter().position(|&c| c == b'\r' || c == b'\n');
+                    assert_eq!(find_cr_or_lf(&b), expected, "{b:?}");
+                }
+            }
+        }
+    }
     use super::*;
 
     fn verdict(head: &[u8]) -> Option<u64> {

@@ -2,7 +2,8 @@
 //! reason and endpoint, configuration reloads and errors.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sessile_core::{EndpointState, Rule, Snapshot};
+use sessile_core::{Backend, EndpointState, Rule, Snapshot};
 
 use crate::health::Health;
 use crate::session::{Decision, SessionFlag};
@@ -208,32 +209,110 @@ impl Default for Metrics {
     }
 }
 
+/// Request counters kept per rule for this many status codes (first come); others use the family.
+const CODE_SLOTS: usize = 6;
+
+/// A rule's metric handles, made on its first request and attached to the rule: the hot path
+/// increments them directly instead of hashing label sets into the families per request. They
+/// are the families' own series (a reload's new rule with the same label continues them).
+struct RuleMetrics {
+    /// The `Metrics` the handles belong to (a snapshot applied to two gateways counts in each).
+    owner: usize,
+    duration: Histogram,
+    codes: [OnceLock<(u16, Counter)>; CODE_SLOTS],
+    /// Per backendRef of the rule: sessions created and resumed.
+    sessions: Vec<[OnceLock<Counter>; 2]>,
+}
+
+/// A backend's per-endpoint session handles (new, resumed), attached to the backend.
+struct BackendMetrics {
+    owner: usize,
+    endpoints: Vec<[OnceLock<Counter>; 2]>,
+}
+
 impl Metrics {
+    fn owner(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    fn rule_metrics<'r>(&self, rule: &'r Rule) -> Option<&'r RuleMetrics> {
+        let m = rule.attachment.get_or_init(|| RuleMetrics {
+            owner: self.owner(),
+            duration: self.request_duration.get_or_create(&RouteLabels { route: Label(rule.label.clone()) }).clone(),
+            codes: Default::default(),
+            sessions: rule.backends.iter().map(|_| Default::default()).collect(),
+        })?;
+        (m.owner == self.owner()).then_some(m)
+    }
+
+    fn backend_metrics<'b>(&self, backend: &'b Backend) -> Option<&'b BackendMetrics> {
+        let m = backend.attachment.get_or_init(|| BackendMetrics {
+            owner: self.owner(),
+            endpoints: backend.endpoints.iter().map(|_| Default::default()).collect(),
+        })?;
+        (m.owner == self.owner()).then_some(m)
+    }
+
+    /// Counts a finished request (`rule` is `None` when no rule matched).
+    pub fn record_request(&self, rule: Option<&Rule>, status: u16, elapsed: Duration) {
+        static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+        let family_counter = |label: &Arc<str>| {
+            self.requests.get_or_create(&RequestLabels { route: Label(label.clone()), code: status }).clone()
+        };
+        let Some((rule, m)) = rule.and_then(|r| Some((r, self.rule_metrics(r)?))) else {
+            let label = rule.map_or_else(|| NO_ROUTE.clone(), |r| r.label.clone());
+            family_counter(&label).inc();
+            self.request_duration.get_or_create(&RouteLabels { route: Label(label) }).observe(elapsed.as_secs_f64());
+            return;
+        };
+        m.duration.observe(elapsed.as_secs_f64());
+        for slot in &m.codes {
+            let (code, counter) = slot.get_or_init(|| (status, family_counter(&rule.label)));
+            if *code == status {
+                counter.inc();
+                return;
+            }
+        }
+        family_counter(&rule.label).inc();
+    }
+
     /// Counts a session decision: created or resumed, re-pins, rejection reasons, per-endpoint share.
     pub fn record_session(&self, rule: &Rule, d: &Decision) {
         if rule.session.is_none() {
             return;
         }
-        let labels = SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
         let resumed = matches!(d.flag, SessionFlag::Resumed | SessionFlag::Refreshed);
-        self.endpoint_sessions
-            .get_or_create(&EndpointSessionLabels {
-                backend: labels.backend.clone(),
-                endpoint: AddrLabel(d.target.addr),
-                outcome: if resumed { "resumed" } else { "new" },
-            })
-            .inc();
-        match resumed {
-            true => self.sessions_resumed.get_or_create(&labels).inc(),
-            false => self.sessions_created.get_or_create(&labels).inc(),
+        let outcome = usize::from(resumed);
+        let labels = || SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
+        let session_counter = |labels: &SessionLabels| match resumed {
+            true => self.sessions_resumed.get_or_create(labels).clone(),
+            false => self.sessions_created.get_or_create(labels).clone(),
+        };
+        match self.rule_metrics(rule).and_then(|m| m.sessions.get(d.target.backend_index)) {
+            Some(slots) => slots[outcome].get_or_init(|| session_counter(&labels())).inc(),
+            None => session_counter(&labels()).inc(),
+        };
+        let endpoint_counter = || {
+            self.endpoint_sessions
+                .get_or_create(&EndpointSessionLabels {
+                    backend: Label(d.target.backend.id.clone()),
+                    endpoint: AddrLabel(d.target.addr),
+                    outcome: if resumed { "resumed" } else { "new" },
+                })
+                .clone()
+        };
+        let endpoint_slots =
+            d.target.endpoint_index.and_then(|i| self.backend_metrics(&d.target.backend)?.endpoints.get(i));
+        match endpoint_slots {
+            Some(slots) => slots[outcome].get_or_init(endpoint_counter).inc(),
+            None => endpoint_counter().inc(),
         };
         if d.flag == SessionFlag::Repinned {
-            self.session_repins.get_or_create(&labels).inc();
+            self.session_repins.get_or_create(&labels()).inc();
         }
         if let Some(reason) = d.rejection {
-            self.sessions_rejected
-                .get_or_create(&RejectLabels { rule: labels.rule, backend: labels.backend, reason: reason.as_str() })
-                .inc();
+            let SessionLabels { rule, backend } = labels();
+            self.sessions_rejected.get_or_create(&RejectLabels { rule, backend, reason: reason.as_str() }).inc();
         }
     }
 
@@ -265,5 +344,60 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessile_core::{RouteRef, Timeouts};
+
+    fn rule(label: &str) -> Rule {
+        Rule {
+            route: Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() }),
+            index: 0,
+            name: None,
+            label: label.into(),
+            filters: vec![],
+            backends: vec![],
+            total_weight: 0,
+            timeouts: Timeouts::default(),
+            session: None,
+            picks: Default::default(),
+            attachment: Default::default(),
+        }
+    }
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn cached_request_handles_count_in_the_family_series() {
+        let metrics = Metrics::default();
+        let first = rule("ns/r/0");
+        // More distinct codes than the per-rule slots, and repeats of each.
+        let codes = [200, 404, 503, 200, 301, 302, 304, 500, 502, 200, 404];
+        for code in codes {
+            metrics.record_request(Some(&first), code, Duration::from_millis(1));
+        }
+        // A reload's new rule with the same label continues the same series.
+        let reloaded = rule("ns/r/0");
+        metrics.record_request(Some(&reloaded), 502, Duration::from_millis(1));
+        metrics.record_request(None, 404, Duration::from_millis(1));
+        // The same rule counted by a second gateway's metrics stays out of the first's.
+        let other = Metrics::default();
+        other.record_request(Some(&first), 200, Duration::from_millis(1));
+
+        let text = metrics.encode();
+        for (code, expected) in
+            [(200, 3.0), (404, 2.0), (503, 1.0), (301, 1.0), (302, 1.0), (304, 1.0), (500, 1.0), (502, 2.0)]
+        {
+            let prefix = format!("sessile_requests_total{{route=\"ns/r/0\",code=\"{code}\"}}");
+            assert_eq!(line_value(&text, &prefix), Some(expected), "code {code}\n{text}");
+        }
+        assert_eq!(line_value(&text, "sessile_requests_total{route=\"none\",code=\"404\"}"), Some(1.0));
+        assert_eq!(line_value(&text, "sessile_request_duration_seconds_count{route=\"ns/r/0\"}"), Some(12.0));
+        assert_eq!(line_value(&other.encode(), "sessile_requests_total{route=\"ns/r/0\",code=\"200\"}"), Some(1.0));
     }
 }

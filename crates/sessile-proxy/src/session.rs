@@ -50,6 +50,8 @@ pub struct Target {
     pub backend_index: usize,
     pub backend: Arc<Backend>,
     pub identity_hash: u64,
+    /// Position in `backend.endpoints` (`None` for a departed endpoint kept for its sessions).
+    pub endpoint_index: Option<usize>,
 }
 
 impl Target {
@@ -61,6 +63,7 @@ impl Target {
             backend_index: index,
             backend: backend.clone(),
             identity_hash: e.identity_hash,
+            endpoint_index: backend.endpoint_index(e),
         }
     }
 }
@@ -217,6 +220,7 @@ pub(crate) fn eligibility(
                 backend_index: index,
                 backend: backend.clone(),
                 identity_hash: d.identity_hash,
+                endpoint_index: None,
             };
             return (Eligibility::Eligible, Some(target));
         }
