@@ -15,6 +15,7 @@
 #   PROXY=haproxy bench/profile-dataplane.sh               # the same layout with HAProxy 'cookie insert'
 #        (user/system split and system calls of the anchor, to compare with Sessile's)
 # Knobs: MODE=cookie|header|none  SCENARIO=persisted|new  DURATION=8  CONNS=50  PROXY=sessile|haproxy
+#        BODY_BYTES=0 (the backends' 15-byte answer; N: every response carries an N-byte body)
 #        PROFILE=none|strace|perf  LOAD_CPU=0 PROXY_CPU=1  SESSILE_BIN  OUT=bench/results/profile-<ts>
 #        PERF_FREQ=2000 PERF_CALLGRAPH=fp (or dwarf: slower, but sees through frame-pointer-less code)
 # Prints req/s, proxy CPU us/request (utime+stime from /proc), and the profile summary.
@@ -23,6 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODE=${MODE:-cookie} SCENARIO=${SCENARIO:-persisted} DURATION=${DURATION:-8} CONNS=${CONNS:-50}
 PROFILE=${PROFILE:-none} PROXY=${PROXY:-sessile} LOAD_CPU=${LOAD_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
+BODY_BYTES=${BODY_BYTES:-0}
 OUT=${OUT:-$here/results/profile-$(date +%Y%m%d-%H%M%S)}
 export SESSILE_BIN=${SESSILE_BIN:-$here/../target/release/sessile}
 mkdir -p "$OUT/logs"
@@ -44,6 +46,12 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 for i in 1 2 3; do
   port=$((9300 + i)) dir="$OUT/nginx-b$i"
   mkdir -p "$dir"
+  if [ "$BODY_BYTES" -gt 0 ]; then
+    head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$dir/body"
+    body_directive="root $dir; rewrite ^ /body break;"
+  else
+    body_directive="return 200 \"hello from b$i\\n\";"
+  fi
   cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -57,7 +65,7 @@ http {
   keepalive_timeout 75s;
   server {
     listen 127.0.0.1:$port backlog=4096;
-    location / { default_type text/plain; add_header x-backend b$i always; return 200 "hello from b$i\n"; }
+    location / { default_type text/plain; add_header x-backend b$i always; $body_directive }
   }
 }
 EOF

@@ -36,6 +36,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Downstream limits (sizes, timeouts, connection and HTTP/2 stream limits).
     pub limits: Limits,
+    /// HTTP/1.1 messages are written with `writev` straight from their head and body buffers,
+    /// instead of copying each body into one buffer per `send` (docs/performance.md, "Tuning").
+    pub h1_vectored_writes: bool,
 }
 
 impl Default for ServerOptions {
@@ -44,6 +47,7 @@ impl Default for ServerOptions {
             connect_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            h1_vectored_writes: false,
         }
     }
 }
@@ -51,6 +55,7 @@ impl Default for ServerOptions {
 /// Connection bookkeeping shared by every listener of a server.
 struct ConnShared {
     limits: Arc<Limits>,
+    h1_vectored_writes: bool,
     /// One permit per open downstream connection.
     slots: Arc<Semaphore>,
     /// Bounds the tasks that answer refused connections.
@@ -95,7 +100,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(shared: Arc<Shared>, opts: ServerOptions) -> Server {
-        Server { upstreams: Upstreams::new(opts.connect_timeout), shared, opts }
+        Server { upstreams: Upstreams::new(opts.connect_timeout, opts.h1_vectored_writes), shared, opts }
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
@@ -104,6 +109,7 @@ impl Server {
             slots: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
             refusals: Arc::new(Semaphore::new(64)),
             limits: Arc::new(limits),
+            h1_vectored_writes: self.opts.h1_vectored_writes,
             shutdown: CancellationToken::new(),
             serving: std::sync::atomic::AtomicUsize::new(0),
             drained: Notify::new(),
@@ -225,7 +231,7 @@ async fn accept_loop(
     cancel: CancellationToken,
     graceful: Arc<ConnShared>,
 ) {
-    let builder = Arc::new(connection_builder(&graceful.limits));
+    let builder = Arc::new(connection_builder(&graceful.limits, graceful.h1_vectored_writes));
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -284,12 +290,13 @@ async fn accept_loop(
 }
 
 /// The hyper connection builder with every limit applied.
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: &Limits, vectored_writes: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .max_headers(limits.max_request_headers)
         .max_buf_size(limits.h1_max_buf_size())
+        .writev(vectored_writes)
         // The header read and idle timeouts are kept by `ConnTracker` (hyper's would also end idle connections).
         .header_read_timeout(None)
         .timer(TokioTimer::new());

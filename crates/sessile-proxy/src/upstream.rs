@@ -28,6 +28,8 @@ pub struct Upstreams {
     idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
+    /// `writev` from the message's buffers rather than one copied buffer per `send` (see `ServerOptions`).
+    vectored_writes: bool,
 }
 
 /// A connection ready to take one request.
@@ -37,8 +39,8 @@ pub enum Conn {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Arc<Upstreams> {
-        Arc::new(Upstreams { idle_h1: Mutex::default(), h2: Mutex::default(), connect_timeout })
+    pub fn new(connect_timeout: Duration, vectored_writes: bool) -> Arc<Upstreams> {
+        Arc::new(Upstreams { idle_h1: Mutex::default(), h2: Mutex::default(), connect_timeout, vectored_writes })
     }
 
     /// A connection to `addr`: pooled when possible. Errors here are connect errors (retryable).
@@ -66,6 +68,7 @@ impl Upstreams {
                 }
                 let io = self.connect(addr).await?;
                 let (sender, conn) = http1::Builder::new()
+                    .writev(self.vectored_writes)
                     .handshake(io)
                     .await
                     .map_err(|e| ProxyError::connect(format!("HTTP/1.1 handshake with {addr}: {e}")))?;

@@ -162,7 +162,7 @@ pub async fn start(client: sessile_kube::Client, opts: &ControllerOptions) -> an
     let shared = run::new_shared(local_keys, &opts.serve)?;
     let shutdown = CancellationToken::new();
     let (admin_addr, admin_task) = run::spawn_admin(opts.serve.admin, &shared, &shutdown).await?;
-    let mut tasks = vec![admin_task, run::spawn_server(&shared, &opts.serve.limits, &shutdown)];
+    let mut tasks = vec![admin_task, run::spawn_server(&shared, &opts.serve, &shutdown)];
 
     let (cluster, reflectors) = Cluster::start(client.clone(), shutdown.clone());
     tasks.extend(reflectors);

@@ -73,6 +73,11 @@ struct ServeArgs {
     /// HTTP/2 concurrent streams per connection.
     #[arg(long, default_value_t = 100)]
     h2_max_concurrent_streams: u32,
+    /// Write HTTP/1.1 messages with writev straight from their buffers instead of copying each
+    /// body into one buffer per send: less CPU for large bodies (~4% at 1 MiB), more for small
+    /// ones (~5%; the default suits API and web traffic).
+    #[arg(long)]
+    h1_vectored_writes: bool,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +223,7 @@ impl From<ServeArgs> for run::ServeOptions {
                 h2_max_concurrent_streams: a.h2_max_concurrent_streams.max(1),
                 ..sessile_proxy::Limits::default()
             },
+            h1_vectored_writes: a.h1_vectored_writes,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub access_log_file: Option<PathBuf>,
     /// Downstream limits: sizes, timeouts, connections, HTTP/2 streams (docs/configuration.md, "Limits").
     pub limits: sessile_proxy::Limits,
+    /// Write HTTP/1.1 messages with `writev` from their buffers (`--h1-vectored-writes`).
+    pub h1_vectored_writes: bool,
 }
 
 impl Default for ServeOptions {
@@ -55,6 +57,7 @@ impl Default for ServeOptions {
             access_log_sample: 1.0,
             access_log_file: None,
             limits: sessile_proxy::Limits::default(),
+            h1_vectored_writes: false,
         }
     }
 }
@@ -193,7 +196,7 @@ pub async fn start(source: Source, opts: &ServeOptions) -> anyhow::Result<Gatewa
     reloader.reload(&shared)?;
     let shutdown = CancellationToken::new();
     let (admin_addr, admin_task) = spawn_admin(opts.admin, &shared, &shutdown).await?;
-    let mut tasks = vec![admin_task, spawn_server(&shared, &opts.limits, &shutdown)];
+    let mut tasks = vec![admin_task, spawn_server(&shared, opts, &shutdown)];
     let mut watched: Vec<PathBuf> = Vec::new();
     if let Source::Path(p) = &source {
         watched.push(p.clone());
@@ -238,12 +241,15 @@ pub async fn spawn_admin(
 }
 
 /// Runs the data plane: binds and unbinds listeners as snapshots change, until shutdown.
-pub fn spawn_server(
-    shared: &Arc<Shared>,
-    limits: &sessile_proxy::Limits,
-    shutdown: &CancellationToken,
-) -> JoinHandle<()> {
-    let server = Server::new(shared.clone(), ServerOptions { limits: limits.clone(), ..ServerOptions::default() });
+pub fn spawn_server(shared: &Arc<Shared>, opts: &ServeOptions, shutdown: &CancellationToken) -> JoinHandle<()> {
+    let server = Server::new(
+        shared.clone(),
+        ServerOptions {
+            limits: opts.limits.clone(),
+            h1_vectored_writes: opts.h1_vectored_writes,
+            ..ServerOptions::default()
+        },
+    );
     let token = shutdown.clone();
     tokio::spawn(async move { server.run(token.cancelled_owned()).await })
 }
