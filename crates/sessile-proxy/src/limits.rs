@@ -175,17 +175,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct RequestBody {
     inner: Incoming,
     remaining: u64,
-    over: Arc<AtomicBool>,
+    /// Set once the body went over its limit; only bodies with a limit have one (no allocation
+    /// per request otherwise).
+    over: Option<Arc<AtomicBool>>,
     _token: Option<Arc<RequestToken>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>, token: Option<Arc<RequestToken>>) -> RequestBody {
-        RequestBody { inner, remaining: limit.unwrap_or(u64::MAX), over: Arc::default(), _token: token }
+        let over = limit.map(|_| Arc::default());
+        RequestBody { inner, remaining: limit.unwrap_or(u64::MAX), over, _token: token }
     }
 
-    /// Becomes true once more body than allowed arrived (the body then fails).
-    pub fn over_limit(&self) -> Arc<AtomicBool> {
+    /// Becomes true once more body than allowed arrived (the body then fails); `None` without a limit.
+    pub fn over_limit(&self) -> Option<Arc<AtomicBool>> {
         self.over.clone()
     }
 }
@@ -196,7 +199,7 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.over.load(Ordering::Relaxed) {
+        if this.over.as_ref().is_some_and(|o| o.load(Ordering::Relaxed)) {
             return Poll::Ready(Some(Err(BoxError::from("request body too large"))));
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -206,7 +209,9 @@ impl Body for RequestBody {
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > this.remaining {
-                this.over.store(true, Ordering::Relaxed);
+                if let Some(over) = &this.over {
+                    over.store(true, Ordering::Relaxed);
+                }
                 return Poll::Ready(Some(Err(BoxError::from("request body too large"))));
             }
             this.remaining -= len;

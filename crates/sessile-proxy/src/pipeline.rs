@@ -277,7 +277,7 @@ async fn proxy(
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(_) if body_over_limit.load(std::sync::atomic::Ordering::Relaxed) => {
+        Err(_) if body_over_limit.is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed)) => {
             return refused(Refusal::BodyTooLarge, version);
         }
         Err(e) => {
