@@ -19,7 +19,7 @@ use sessile_core::{
     SessionSource,
 };
 use sessile_session::{
-    Claims, Freshness, MAX_CANDIDATES, SessionTimeouts, cookie_values, freshness, header_values, judge, open,
+    Claims, Freshness, MAX_CANDIDATES, SessionTimeouts, TokenMemo, cookie_values, freshness, header_values, judge, open,
 };
 
 use crate::session::{self, Choice, Decision, SessionFlag};
@@ -263,7 +263,8 @@ pub fn explain(shared: &Shared, query: &Query, now_ms: u64) -> Explanation {
         return ex;
     }
 
-    let choice = session::choose_with(shared, rule, &query.headers, now_ms, &[], PickMode::Peek);
+    let choice =
+        session::choose_with(shared, rule, &query.headers, now_ms, &[], PickMode::Peek, &mut TokenMemo::default());
     if let Some(policy) = &rule.session {
         ex.session = Some(session_info(shared, port, rule, policy, &query.headers, now_ms, &choice));
     }

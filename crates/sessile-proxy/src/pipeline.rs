@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use sessile_core::hostname::normalize_host;
 use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
-use sessile_session::{CookieAttrs, max_age_secs, now_ms, seal, set_cookie};
+use sessile_session::{CookieAttrs, TokenMemo, max_age_secs, now_ms, seal, set_cookie};
 
 use crate::access_log::{self, AccessLog, LoggedBody};
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
@@ -37,6 +37,8 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// Request limits (from `ServerOptions`).
     pub limits: Arc<Limits>,
+    /// The last session token this connection's client sent, opened (see `TokenMemo`).
+    pub token_memo: std::sync::Mutex<TokenMemo>,
 }
 
 /// What the log line and metrics need to know about a finished request.
@@ -203,7 +205,14 @@ async fn proxy(
         .sum::<usize>()
         .min(4);
     let (mut decision, conn) = loop {
-        let decision = match session::choose(shared, rule, req.headers(), now, &exclude) {
+        let choice = {
+            // h2 streams of one connection may race for the memo: the loser opens its token afresh.
+            let mut fresh = TokenMemo::default();
+            let mut remembered = ctx.token_memo.try_lock().ok();
+            let memo = remembered.as_deref_mut().unwrap_or(&mut fresh);
+            session::choose(shared, rule, req.headers(), now, &exclude, memo)
+        };
+        let decision = match choice {
             Choice::Endpoint(d) => d,
             Choice::NoEndpoint => return unavailable(),
             Choice::InvalidBackend => {

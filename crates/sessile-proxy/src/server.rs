@@ -263,6 +263,7 @@ async fn accept_loop(
                 https: protocol == ListenerProtocol::Https,
                 sni,
                 limits: conn_limits,
+                token_memo: Default::default(),
             })
         };
         let builder = builder.clone();

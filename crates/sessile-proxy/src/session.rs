@@ -9,7 +9,8 @@ use sessile_core::{
     Backend, BackendTarget, EndpointState, PickMode, Rule, SessionCarrier, SessionPolicy, UpstreamProtocol, balance,
 };
 use sessile_session::{
-    CLOCK_SKEW_MS, Claims, Eligibility, Rejection, SessionTimeouts, cookie_values, header_values, resolve,
+    CLOCK_SKEW_MS, Claims, Eligibility, Rejection, SessionTimeouts, TokenMemo, cookie_values, header_values,
+    resolve_remembering,
 };
 
 use crate::state::Shared;
@@ -102,8 +103,16 @@ impl From<NoTarget> for Choice {
 }
 
 /// Decides the endpoint for a request matched to `rule`. `exclude` lists endpoints that just refused a connection.
-pub fn choose(shared: &Shared, rule: &Rule, headers: &HeaderMap, now_ms: u64, exclude: &[SocketAddr]) -> Choice {
-    choose_with(shared, rule, headers, now_ms, exclude, PickMode::Advance)
+/// `memo` is the connection's memory of the last token it opened.
+pub fn choose(
+    shared: &Shared,
+    rule: &Rule,
+    headers: &HeaderMap,
+    now_ms: u64,
+    exclude: &[SocketAddr],
+    memo: &mut TokenMemo,
+) -> Choice {
+    choose_with(shared, rule, headers, now_ms, exclude, PickMode::Advance, memo)
 }
 
 /// [`choose`]; with [`PickMode::Peek`] (for `explain`) the decision is the same but the
@@ -115,6 +124,7 @@ pub fn choose_with(
     now_ms: u64,
     exclude: &[SocketAddr],
     mode: PickMode,
+    memo: &mut TokenMemo,
 ) -> Choice {
     let Some(policy) = &rule.session else {
         return match pick_new(shared, rule, exclude, mode) {
@@ -135,11 +145,11 @@ pub fn choose_with(
     let outcome = match &policy.carrier {
         SessionCarrier::Cookie { name, .. } => {
             let lines = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
-            resolve(&keys, policy.scope, cookie_values(lines, name), now_ms, &timeouts, eligible)
+            resolve_remembering(memo, &keys, policy.scope, cookie_values(lines, name), now_ms, &timeouts, eligible)
         }
         SessionCarrier::Header { name } => {
             let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-            resolve(&keys, policy.scope, header_values(values), now_ms, &timeouts, eligible)
+            resolve_remembering(memo, &keys, policy.scope, header_values(values), now_ms, &timeouts, eligible)
         }
     };
     match (outcome, resumed_target) {

@@ -148,6 +148,11 @@ impl fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
+    /// Whether both are the same loaded ring (clones share it; a reload makes a new one).
+    pub fn same_ring(&self, other: &KeyRing) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Parses key file text (format in the [module documentation](self)).
     ///
     /// Errors name `<key ring text>` as the path; [`KeyRing::load`] names the real file.

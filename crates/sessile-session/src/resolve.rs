@@ -7,7 +7,7 @@
 
 use crate::keyring::KeyRing;
 use crate::timeouts::{Freshness, SessionTimeouts, freshness};
-use crate::token::{Claims, open};
+use crate::token::{Claims, OpenError, open};
 
 /// At most this many candidate tokens of one request are examined; a client sending
 /// thousands of cookies costs at most this many AEAD opens.
@@ -97,6 +97,30 @@ pub enum Eligibility {
     DrainingNew,
 }
 
+/// The last token a connection opened, with its claims. The same bytes under the same key ring
+/// always open to the same claims, so a client that repeats its token on a keep-alive connection
+/// skips the base64 decoding and the AES-GCM open; scope, expiry and endpoint checks still run on
+/// every request. Holding the ring keeps a rotated-out ring from being mistaken for the new one.
+#[derive(Default)]
+pub struct TokenMemo {
+    last: Option<(KeyRing, Box<str>, Claims)>,
+}
+
+impl TokenMemo {
+    /// [`open()`], answered from memory when `token` is the last token opened under `ring`.
+    pub fn open(&mut self, ring: &KeyRing, token: &str) -> Result<Claims, OpenError> {
+        if let Some((last_ring, last_token, claims)) = &self.last
+            && last_ring.same_ring(ring)
+            && **last_token == *token
+        {
+            return Ok(*claims);
+        }
+        let claims = open(ring, token)?;
+        self.last = Some((ring.clone(), token.into(), claims));
+        Ok(claims)
+    }
+}
+
 /// The session a request resumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resumed {
@@ -124,6 +148,19 @@ pub fn resolve<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
     now_ms: u64,
     timeouts: &SessionTimeouts,
+    eligible: impl FnMut(&Claims) -> Eligibility,
+) -> Result<Resumed, Rejection> {
+    resolve_remembering(&mut TokenMemo::default(), ring, scope, candidates, now_ms, timeouts, eligible)
+}
+
+/// [`resolve()`], opening tokens through `memo` (a connection's memory of its last token).
+pub fn resolve_remembering<'a>(
+    memo: &mut TokenMemo,
+    ring: &KeyRing,
+    scope: u64,
+    candidates: impl IntoIterator<Item = &'a str>,
+    now_ms: u64,
+    timeouts: &SessionTimeouts,
     mut eligible: impl FnMut(&Claims) -> Eligibility,
 ) -> Result<Resumed, Rejection> {
     let mut best = Rejection::Absent;
@@ -131,7 +168,7 @@ pub fn resolve<'a>(
         if token.is_empty() {
             continue;
         }
-        match judge(ring, scope, token, now_ms, timeouts, &mut eligible) {
+        match judge_remembering(memo, ring, scope, token, now_ms, timeouts, &mut eligible) {
             Ok(resumed) => return Ok(resumed),
             Err(reason) if reason.stage() > best.stage() => best = reason,
             Err(_) => {}
@@ -149,7 +186,19 @@ pub fn judge(
     timeouts: &SessionTimeouts,
     eligible: &mut impl FnMut(&Claims) -> Eligibility,
 ) -> Result<Resumed, Rejection> {
-    let claims = open(ring, token).map_err(|_| Rejection::Invalid)?;
+    judge_remembering(&mut TokenMemo::default(), ring, scope, token, now_ms, timeouts, eligible)
+}
+
+fn judge_remembering(
+    memo: &mut TokenMemo,
+    ring: &KeyRing,
+    scope: u64,
+    token: &str,
+    now_ms: u64,
+    timeouts: &SessionTimeouts,
+    eligible: &mut impl FnMut(&Claims) -> Eligibility,
+) -> Result<Resumed, Rejection> {
+    let claims = memo.open(ring, token).map_err(|_| Rejection::Invalid)?;
     if claims.scope != scope {
         return Err(Rejection::OtherScope);
     }
@@ -228,6 +277,46 @@ mod tests {
         });
         assert_eq!(r, Ok(Resumed { claims: c, refresh: false }));
         assert_eq!(seen, vec![c.endpoint]);
+    }
+
+    #[test]
+    fn a_remembered_token_is_trusted_only_under_the_ring_that_opened_it() {
+        let ring = test_ring();
+        let c = claims("10.0.0.7:8080");
+        let tok = seal(&ring, &c);
+        let mut memo = TokenMemo::default();
+        let e = || always(Eligibility::Eligible);
+        let none = no_timeouts();
+        for _ in 0..2 {
+            let r = resolve_remembering(&mut memo, &ring, SCOPE, [tok.as_str()], NOW, &none, e());
+            assert_eq!(r, Ok(Resumed { claims: c, refresh: false }));
+        }
+        // Everything after opening still runs on a remembered token.
+        let r = resolve_remembering(&mut memo, &ring, SCOPE + 1, [tok.as_str()], NOW, &none, e());
+        assert_eq!(r, Err(Rejection::OtherScope));
+        let idle = SessionTimeouts { absolute: None, idle: Some(Duration::from_secs(10)) };
+        let r = resolve_remembering(&mut memo, &ring, SCOPE, [tok.as_str()], NOW + 15_000, &idle, e());
+        assert_eq!(r, Err(Rejection::ExpiredIdle));
+        let r = resolve_remembering(&mut memo, &ring, SCOPE, [tok.as_str()], NOW, &none, always(Eligibility::Gone));
+        assert_eq!(r, Err(Rejection::EndpointGone));
+        // A reloaded ring without the token's key rejects it, remembered or not; so does a
+        // reload of the same keys until the token is opened under it.
+        let rotated = KeyRing::generate();
+        let r = resolve_remembering(&mut memo, &rotated, SCOPE, [tok.as_str()], NOW, &none, e());
+        assert_eq!(r, Err(Rejection::Invalid));
+        let reloaded = KeyRing::parse(&ring.to_file_text()).unwrap();
+        assert!(!reloaded.same_ring(&ring) && ring.same_ring(&ring.clone()));
+        let r = resolve_remembering(&mut memo, &reloaded, SCOPE, [tok.as_str()], NOW, &none, e());
+        assert_eq!(r, Ok(Resumed { claims: c, refresh: false }));
+        // One altered character is another token; failures are not remembered.
+        let mut altered = tok.clone().into_bytes();
+        let last = altered.len() - 1;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        let r = resolve_remembering(&mut memo, &reloaded, SCOPE, [altered.as_str()], NOW, &none, e());
+        assert_eq!(r, Err(Rejection::Invalid));
+        let r = resolve_remembering(&mut memo, &reloaded, SCOPE, [tok.as_str()], NOW, &none, e());
+        assert_eq!(r, Ok(Resumed { claims: c, refresh: false }));
     }
 
     #[test]

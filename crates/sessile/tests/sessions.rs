@@ -768,6 +768,56 @@ async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
     gw.gateway.stop().await;
 }
 
+/// A connection remembers the last token it opened (to skip decrypting it again): a key ring
+/// reload that drops the token's key must still reject it on that same keep-alive connection.
+#[tokio::test]
+async fn a_dropped_key_rejects_its_tokens_on_a_connection_that_sent_them_before() {
+    let b = backends("drop", 3).await;
+    let keys_dir = TempDir::new("keys");
+    let key_file = keys_dir.path().join("session-keys");
+    let old_ring = KeyRing::generate();
+    write_key_file(&key_file, &old_ring.to_file_text());
+    let config = TempDir::new("config");
+    let port = free_port();
+    config.write("gw.yaml", &gateway_yaml(port));
+    config.write("svc.yaml", &service_yaml("default", "svc", &[&b[0], &b[1], &b[2]]));
+    config.write("route.yaml", &route_yaml("r", None, &[rule_yaml("/", SVC, Some("{sessionName: sid}"))]));
+    let path = key_file.clone();
+    let gw = start_gateway_with(config, TempDir::new("state"), port, move |o| o.session_keys = Some(path)).await;
+    // One pooled keep-alive connection carries every request below.
+    let client = TestClient::http1();
+    let first = get_cookie(&client, &gw, "/", None).await;
+    let old_token = set_cookie_value(&first, "sid").unwrap();
+    let cookie = format!("sid={old_token}");
+    for _ in 0..3 {
+        let resp = get_cookie(&client, &gw, "/", Some(&cookie)).await;
+        assert_eq!(backend_of(&resp), backend_of(&first));
+        assert!(resp.set_cookies().is_empty(), "resumed, not re-issued");
+    }
+
+    // New key material only, under another key id (so the reload can be seen happening).
+    let new_ring = KeyRing::generate().with_new_current_key();
+    assert_ne!(new_ring.current_key_id(), old_ring.current_key_id());
+    assert!(sessile_session::open(&new_ring, &old_token).is_err());
+    write_key_file(&key_file, &new_ring.to_file_text());
+    let want = new_ring.current_key_id();
+    sessile_testkit::eventually(Duration::from_secs(5), || async {
+        anyhow::ensure!(gw.gateway.shared.keys().current_key_id() == want, "key ring not reloaded yet");
+        Ok(())
+    })
+    .await
+    .expect("the gateway picks up the new key ring");
+    for _ in 0..3 {
+        let resp = get_cookie(&client, &gw, "/", Some(&cookie)).await;
+        let reissued = set_cookie_value(&resp, "sid")
+            .unwrap_or_else(|| panic!("a token under a dropped key starts a new session: {resp:?}"));
+        assert_eq!(key_id(&reissued), want);
+    }
+    let metrics = gw.metrics().await;
+    assert!(metric(&metrics, "sessile_session_rejected_total", &["reason=\"invalid\""]) >= 3.0, "{metrics}");
+    gw.gateway.stop().await;
+}
+
 // ---- WebSocket and HTTPS ---------------------------------------------------------------------
 
 #[tokio::test]
