@@ -1523,19 +1523,7 @@ fn build_rule(route: Arc<RouteRef>, rule: &CompiledRule, session: Option<Arc<Ses
             }
         })
         .collect();
-    Rule {
-        label: format!("{}/{}/{}", route.namespace, route.name, rule.index).into(),
-        route,
-        index: rule.index,
-        name: rule.name.clone(),
-        filters: rule.filters.clone(),
-        backends,
-        total_weight: cumulative,
-        timeouts: rule.timeouts,
-        session,
-        picks: Default::default(),
-        attachment: Default::default(),
-    }
+    Rule::new(route, rule.index, rule.name.clone(), rule.filters.clone(), backends, rule.timeouts, session)
 }
 
 fn compile_regex(pattern: &str, field: &dyn fmt::Display) -> Result<Regex, String> {

@@ -35,19 +35,8 @@ fn rule(backends: usize) -> Rule {
             WeightedBackend { weight, cumulative, target: BackendTarget::Service(backend(3)), filters: vec![] }
         })
         .collect();
-    Rule {
-        route: Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() }),
-        index: 0,
-        name: None,
-        label: "ns/r/0".into(),
-        filters: vec![],
-        backends,
-        total_weight: cumulative,
-        timeouts: Timeouts::default(),
-        session: None,
-        picks: Default::default(),
-        attachment: Default::default(),
-    }
+    let route = Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() });
+    Rule::new(route, 0, None, vec![], backends, Timeouts::default(), None)
 }
 
 /// A weighted pick among a rule's backendRefs (every request without a session).

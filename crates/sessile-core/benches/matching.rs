@@ -16,19 +16,7 @@ fn table(routes: usize) -> RouteTable {
     let mut entries = Vec::new();
     for i in 0..routes {
         let route = Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: format!("r{i}") });
-        let rule = Arc::new(Rule {
-            label: format!("ns/r{i}/0").into(),
-            route,
-            index: 0,
-            name: None,
-            filters: vec![],
-            backends: vec![],
-            total_weight: 0,
-            timeouts: Timeouts::default(),
-            session: None,
-            picks: Default::default(),
-            attachment: Default::default(),
-        });
+        let rule = Arc::new(Rule::new(route, 0, None, vec![], vec![], Timeouts::default(), None));
         let m = RequestMatch {
             path: PathMatch::prefix(&format!("/api/v{}/svc{i}", i % 7)),
             method: None,

@@ -146,6 +146,31 @@ pub enum PickMode {
 }
 
 impl Rule {
+    /// Rule number `index` of `route`; its metrics label and total weight follow from the rest.
+    pub fn new(
+        route: Arc<RouteRef>,
+        index: usize,
+        name: Option<String>,
+        filters: Vec<Filter>,
+        backends: Vec<WeightedBackend>,
+        timeouts: Timeouts,
+        session: Option<Arc<SessionPolicy>>,
+    ) -> Rule {
+        Rule {
+            label: format!("{}/{}/{index}", route.namespace, route.name).into(),
+            total_weight: backends.last().map_or(0, |b| b.cumulative),
+            route,
+            index,
+            name,
+            filters,
+            backends,
+            timeouts,
+            session,
+            picks: AtomicU64::new(0),
+            attachment: Attachment::default(),
+        }
+    }
+
     /// The next backendRef by weight. Picks follow a golden-ratio (Weyl) sequence over the
     /// cumulative weights: deterministic, and any run of N picks is within a few picks of the
     /// exact split (low discrepancy), unlike independent random rolls.
@@ -446,19 +471,10 @@ mod tests {
             target: BackendTarget::Invalid { reason: String::new() },
             filters: vec![],
         };
-        let rule = Rule {
-            route: Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() }),
-            index: 0,
-            name: None,
-            label: "ns/r/0".into(),
-            filters: vec![],
-            backends: vec![backend(70, 70), backend(0, 70), backend(30, 100)],
-            total_weight: 100,
-            timeouts: Timeouts::default(),
-            session: None,
-            picks: AtomicU64::new(0),
-            attachment: Attachment::default(),
-        };
+        let route = Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() });
+        let backends = vec![backend(70, 70), backend(0, 70), backend(30, 100)];
+        let rule = Rule::new(route, 0, None, vec![], backends, Timeouts::default(), None);
+        assert_eq!((rule.total_weight, &*rule.label), (100, "ns/r/0"));
         for window in [100, 500, 1000] {
             let mut counts = [0usize; 3];
             for _ in 0..window {

@@ -432,9 +432,10 @@ fn session_info(
         .take(MAX_CANDIDATES)
         .enumerate()
         .map(|(i, token)| {
-            let verdict = judge(&keys, policy.scope, token, now_ms, &timeouts, &mut |c: &Claims| {
-                session::eligibility(shared, rule, c, &[]).0
-            });
+            let verdict =
+                judge(&mut TokenMemo::default(), &keys, policy.scope, token, now_ms, &timeouts, &mut |c: &Claims| {
+                    session::eligibility(shared, rule, c, &[]).0
+                });
             let opened = open(&keys, token);
             TokenInfo {
                 index: i + 1,

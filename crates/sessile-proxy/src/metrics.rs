@@ -352,20 +352,10 @@ mod tests {
     use super::*;
     use sessile_core::{RouteRef, Timeouts};
 
-    fn rule(label: &str) -> Rule {
-        Rule {
-            route: Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() }),
-            index: 0,
-            name: None,
-            label: label.into(),
-            filters: vec![],
-            backends: vec![],
-            total_weight: 0,
-            timeouts: Timeouts::default(),
-            session: None,
-            picks: Default::default(),
-            attachment: Default::default(),
-        }
+    /// A rule labelled `ns/r/0`.
+    fn rule() -> Rule {
+        let route = Arc::new(RouteRef { kind: "HTTPRoute".into(), namespace: "ns".into(), name: "r".into() });
+        Rule::new(route, 0, None, vec![], vec![], Timeouts::default(), None)
     }
 
     fn line_value(text: &str, prefix: &str) -> Option<f64> {
@@ -375,14 +365,14 @@ mod tests {
     #[test]
     fn cached_request_handles_count_in_the_family_series() {
         let metrics = Metrics::default();
-        let first = rule("ns/r/0");
+        let first = rule();
         // More distinct codes than the per-rule slots, and repeats of each.
         let codes = [200, 404, 503, 200, 301, 302, 304, 500, 502, 200, 404];
         for code in codes {
             metrics.record_request(Some(&first), code, Duration::from_millis(1));
         }
         // A reload's new rule with the same label continues the same series.
-        let reloaded = rule("ns/r/0");
+        let reloaded = rule();
         metrics.record_request(Some(&reloaded), 502, Duration::from_millis(1));
         metrics.record_request(None, 404, Duration::from_millis(1));
         // The same rule counted by a second gateway's metrics stays out of the first's.

@@ -168,7 +168,7 @@ pub fn resolve_remembering<'a>(
         if token.is_empty() {
             continue;
         }
-        match judge_remembering(memo, ring, scope, token, now_ms, timeouts, &mut eligible) {
+        match judge(memo, ring, scope, token, now_ms, timeouts, &mut eligible) {
             Ok(resumed) => return Ok(resumed),
             Err(reason) if reason.stage() > best.stage() => best = reason,
             Err(_) => {}
@@ -177,19 +177,9 @@ pub fn resolve_remembering<'a>(
     Err(best)
 }
 
-/// The verdict on one candidate token (what [`resolve()`] applies to each; `explain` shows it per token).
+/// The verdict on one candidate token, opened through `memo` (what [`resolve()`] applies to each;
+/// `explain` shows it per token).
 pub fn judge(
-    ring: &KeyRing,
-    scope: u64,
-    token: &str,
-    now_ms: u64,
-    timeouts: &SessionTimeouts,
-    eligible: &mut impl FnMut(&Claims) -> Eligibility,
-) -> Result<Resumed, Rejection> {
-    judge_remembering(&mut TokenMemo::default(), ring, scope, token, now_ms, timeouts, eligible)
-}
-
-fn judge_remembering(
     memo: &mut TokenMemo,
     ring: &KeyRing,
     scope: u64,

@@ -326,8 +326,7 @@ async fn large_bodies_with_either_http1_write_strategy() {
         config.write("gw.yaml", &gateway_yaml(port));
         config.write("svc.yaml", &service_yaml("default", "svc", &[&b]));
         config.write("route.yaml", &to("svc"));
-        let gw =
-            start_gateway_with_options(config, TempDir::new("state"), port, |o| o.h1_vectored_writes = vectored).await;
+        let gw = start_gateway_with(config, TempDir::new("state"), port, |o| o.h1_vectored_writes = vectored).await;
         // 3 MiB up, echoed back inside the JSON answer: a large request and a large response.
         let body: String = (0..3 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         let resp = TestClient::http1().send(TestRequest::post(gw.url("/up")).body(body.clone())).await.unwrap();

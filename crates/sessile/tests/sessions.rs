@@ -717,18 +717,20 @@ fn write_key_file(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn key_id(token: &str) -> u32 {
-    let bytes = b64url_decode(token).expect("base64url token");
-    u32::from_be_bytes(bytes[1..5].try_into().unwrap())
+/// A gateway over three backends and one cookie-persistence route (`sessionName: sid`) that
+/// reads its key ring from a key file the test may rewrite.
+struct KeyFileGateway {
+    gw: TestGateway,
+    key_file: std::path::PathBuf,
+    _keys: TempDir,
+    _backends: Vec<TestBackend>,
 }
 
-#[tokio::test]
-async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
-    let b = backends("rot", 3).await;
-    let keys_dir = TempDir::new("keys");
-    let key_file = keys_dir.path().join("session-keys");
-    let old_ring = KeyRing::generate();
-    write_key_file(&key_file, &old_ring.to_file_text());
+async fn key_file_gateway(prefix: &str, ring: &KeyRing) -> KeyFileGateway {
+    let b = backends(prefix, 3).await;
+    let keys = TempDir::new("keys");
+    let key_file = keys.path().join("session-keys");
+    write_key_file(&key_file, &ring.to_file_text());
     let config = TempDir::new("config");
     let port = free_port();
     config.write("gw.yaml", &gateway_yaml(port));
@@ -736,6 +738,31 @@ async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
     config.write("route.yaml", &route_yaml("r", None, &[rule_yaml("/", SVC, Some("{sessionName: sid}"))]));
     let path = key_file.clone();
     let gw = start_gateway_with(config, TempDir::new("state"), port, move |o| o.session_keys = Some(path)).await;
+    KeyFileGateway { gw, key_file, _keys: keys, _backends: b }
+}
+
+/// Writes `ring` to the gateway's key file and waits until the gateway uses it (its current key
+/// id must differ from the ring in use).
+async fn replace_key_ring(gw: &TestGateway, key_file: &std::path::Path, ring: &KeyRing) {
+    write_key_file(key_file, &ring.to_file_text());
+    let want = ring.current_key_id();
+    sessile_testkit::eventually(Duration::from_secs(5), || async {
+        anyhow::ensure!(gw.gateway.shared.keys().current_key_id() == want, "key ring not reloaded yet");
+        Ok(())
+    })
+    .await
+    .expect("the gateway picks up the new key ring");
+}
+
+fn key_id(token: &str) -> u32 {
+    let bytes = b64url_decode(token).expect("base64url token");
+    u32::from_be_bytes(bytes[1..5].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
+    let old_ring = KeyRing::generate();
+    let KeyFileGateway { gw, key_file, _keys, _backends } = key_file_gateway("rot", &old_ring).await;
     let client = TestClient::http1();
     let first = get_cookie(&client, &gw, "/", None).await;
     let old_token = set_cookie_value(&first, "sid").unwrap();
@@ -744,14 +771,8 @@ async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
 
     let new_ring = KeyRing::parse(&old_ring.to_file_text()).unwrap().with_new_current_key();
     assert_ne!(new_ring.current_key_id(), old_ring.current_key_id());
-    write_key_file(&key_file, &new_ring.to_file_text());
     let want = new_ring.current_key_id();
-    sessile_testkit::eventually(Duration::from_secs(5), || async {
-        anyhow::ensure!(gw.gateway.shared.keys().current_key_id() == want, "key ring not reloaded yet");
-        Ok(())
-    })
-    .await
-    .expect("the gateway picks up the rotated key ring");
+    replace_key_ring(&gw, &key_file, &new_ring).await;
 
     for _ in 0..5 {
         let resp = get_cookie(&client, &gw, "/", Some(&format!("sid={old_token}"))).await;
@@ -772,18 +793,8 @@ async fn key_rotation_accepts_old_tokens_and_seals_new_ones_with_the_new_key() {
 /// reload that drops the token's key must still reject it on that same keep-alive connection.
 #[tokio::test]
 async fn a_dropped_key_rejects_its_tokens_on_a_connection_that_sent_them_before() {
-    let b = backends("drop", 3).await;
-    let keys_dir = TempDir::new("keys");
-    let key_file = keys_dir.path().join("session-keys");
     let old_ring = KeyRing::generate();
-    write_key_file(&key_file, &old_ring.to_file_text());
-    let config = TempDir::new("config");
-    let port = free_port();
-    config.write("gw.yaml", &gateway_yaml(port));
-    config.write("svc.yaml", &service_yaml("default", "svc", &[&b[0], &b[1], &b[2]]));
-    config.write("route.yaml", &route_yaml("r", None, &[rule_yaml("/", SVC, Some("{sessionName: sid}"))]));
-    let path = key_file.clone();
-    let gw = start_gateway_with(config, TempDir::new("state"), port, move |o| o.session_keys = Some(path)).await;
+    let KeyFileGateway { gw, key_file, _keys, _backends } = key_file_gateway("drop", &old_ring).await;
     // One pooled keep-alive connection carries every request below.
     let client = TestClient::http1();
     let first = get_cookie(&client, &gw, "/", None).await;
@@ -799,14 +810,8 @@ async fn a_dropped_key_rejects_its_tokens_on_a_connection_that_sent_them_before(
     let new_ring = KeyRing::generate().with_new_current_key();
     assert_ne!(new_ring.current_key_id(), old_ring.current_key_id());
     assert!(sessile_session::open(&new_ring, &old_token).is_err());
-    write_key_file(&key_file, &new_ring.to_file_text());
     let want = new_ring.current_key_id();
-    sessile_testkit::eventually(Duration::from_secs(5), || async {
-        anyhow::ensure!(gw.gateway.shared.keys().current_key_id() == want, "key ring not reloaded yet");
-        Ok(())
-    })
-    .await
-    .expect("the gateway picks up the new key ring");
+    replace_key_ring(&gw, &key_file, &new_ring).await;
     for _ in 0..3 {
         let resp = get_cookie(&client, &gw, "/", Some(&cookie)).await;
         let reissued = set_cookie_value(&resp, "sid")

@@ -135,25 +135,7 @@ pub async fn gateway_with(port: u16, files: &[(&str, String)]) -> TestGateway {
 
 /// Starts a gateway over an existing config and state directory (restarts reuse both).
 pub async fn start_gateway(config: TempDir, state: TempDir, port: u16) -> TestGateway {
-    start_gateway_with_options(config, state, port, |_| {}).await
-}
-
-/// `start_gateway` with serve options adjusted by `adjust`.
-pub async fn start_gateway_with_options(
-    config: TempDir,
-    state: TempDir,
-    port: u16,
-    adjust: impl FnOnce(&mut ServeOptions),
-) -> TestGateway {
-    let mut opts = ServeOptions {
-        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        state_dir: state.path().to_path_buf(),
-        access_log: AccessLog::Off,
-        ..ServeOptions::default()
-    };
-    adjust(&mut opts);
-    let gateway = start(Source::Path(config.path().to_path_buf()), &opts).await.expect("gateway starts");
-    TestGateway { gateway, config, state, port }
+    start_gateway_with(config, state, port, |_| {}).await
 }
 
 /// A Gateway named `gw` with one HTTP listener on 127.0.0.1:`port` accepting routes from all namespaces.
