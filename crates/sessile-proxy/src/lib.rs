@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod direct_h1;
 pub mod error;
 pub mod explain;
 pub mod health;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
 use sessile_core::hostname::normalize_host;
@@ -19,7 +20,7 @@ use crate::limits::{Limits, Refusal, RequestBody, check_request};
 use crate::metrics::EndpointLabels;
 use crate::session::{self, Choice, SessionFlag};
 use crate::state::Shared;
-use crate::upstream::{UpstreamBody, Upstreams};
+use crate::upstream::{Exchange, UpstreamBody, Upstreams};
 
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -195,6 +196,13 @@ async fn proxy(
     let now = now_ms();
     let upgrade = upgrade_protocol(&req);
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let exchange = if upgrade.is_some() {
+        Exchange::Upgrade
+    } else if req.body().is_end_stream() && req.method() != http::Method::CONNECT {
+        Exchange::Bodiless
+    } else {
+        Exchange::WithBody
+    };
     let mut exclude: Vec<SocketAddr> = Vec::new();
     let mut repinned = false;
     // Connect, re-choosing on refused connections (the request has not been sent yet).
@@ -219,7 +227,7 @@ async fn proxy(
                 return local(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend for this request\n");
             }
         };
-        match ctx.upstreams.checkout(decision.target.addr, decision.target.protocol, upgrade.is_some()).await {
+        match ctx.upstreams.checkout(decision.target.addr, decision.target.protocol, exchange).await {
             Ok(conn) => {
                 shared.health.mark_healthy(decision.target.addr);
                 break (decision, conn);

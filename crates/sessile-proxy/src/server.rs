@@ -39,6 +39,9 @@ pub struct ServerOptions {
     /// HTTP/1.1 messages are written with `writev` straight from their head and body buffers,
     /// instead of copying each body into one buffer per `send` (docs/performance.md, "Tuning").
     pub h1_vectored_writes: bool,
+    /// Bodiless HTTP/1.1 requests go to backends over direct connections (`direct_h1`); false
+    /// sends every request through hyper's client (`--h1-upstream-client hyper`).
+    pub direct_h1_upstream: bool,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +51,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             h1_vectored_writes: false,
+            direct_h1_upstream: true,
         }
     }
 }
@@ -100,7 +104,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(shared: Arc<Shared>, opts: ServerOptions) -> Server {
-        Server { upstreams: Upstreams::new(opts.connect_timeout, opts.h1_vectored_writes), shared, opts }
+        Server {
+            upstreams: Upstreams::new(opts.connect_timeout, opts.h1_vectored_writes, opts.direct_h1_upstream),
+            shared,
+            opts,
+        }
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {

@@ -1,7 +1,10 @@
-//! Upstream connections: a per-endpoint pool of HTTP/1.1 connections and shared h2c connections.
+//! Upstream connections: per-endpoint pools of HTTP/1.1 connections (direct ones for bodiless
+//! requests, hyper's for the rest) and shared h2c connections.
 //!
 //! Connecting is separate from sending so that a refused connect leaves the request in hand for
-//! another endpoint (a request is never retried once it was sent).
+//! another endpoint. A request that was sent is retried only when it is idempotent, went out on a
+//! reused direct connection, and that connection closed before any byte of a response (the backend
+//! closed it while idle: the request cannot have been processed).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessile_core::UpstreamProtocol;
 use tokio::net::TcpStream;
 
+use crate::direct_h1::{DirectBody, DirectConn, ExchangeError};
 use crate::error::ProxyError;
 use crate::limits::RequestBody;
 
@@ -26,34 +30,68 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Upstreams {
     idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
+    idle_direct: Mutex<HashMap<SocketAddr, Vec<DirectConn>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
     /// `writev` from the message's buffers rather than one copied buffer per `send` (see `ServerOptions`).
     vectored_writes: bool,
+    /// Bodiless HTTP/1.1 requests use direct connections (`direct_h1`); off: hyper's client for all.
+    direct_h1: bool,
 }
 
 /// A connection ready to take one request.
 pub enum Conn {
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
+    Direct(DirectConn),
+}
+
+/// What the request needs from its connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Exchange {
+    /// No request body (`Content-Length: 0` or none) and no upgrade: a direct HTTP/1.1 exchange.
+    Bodiless,
+    /// A request body to stream.
+    WithBody,
+    /// A protocol upgrade: the connection is taken for good, never pooled.
+    Upgrade,
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, vectored_writes: bool) -> Arc<Upstreams> {
-        Arc::new(Upstreams { idle_h1: Mutex::default(), h2: Mutex::default(), connect_timeout, vectored_writes })
+    pub fn new(connect_timeout: Duration, vectored_writes: bool, direct_h1: bool) -> Arc<Upstreams> {
+        Arc::new(Upstreams {
+            idle_h1: Mutex::default(),
+            idle_direct: Mutex::default(),
+            h2: Mutex::default(),
+            connect_timeout,
+            vectored_writes,
+            direct_h1,
+        })
     }
 
     /// A connection to `addr`: pooled when possible. Errors here are connect errors (retryable).
-    /// `dedicated` skips the pool (protocol upgrades take the connection for good).
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         protocol: UpstreamProtocol,
-        dedicated: bool,
+        exchange: Exchange,
     ) -> Result<Conn, ProxyError> {
         match protocol {
+            UpstreamProtocol::Http1 if exchange == Exchange::Bodiless && self.direct_h1 => {
+                let now = std::time::Instant::now();
+                loop {
+                    let pooled =
+                        self.idle_direct.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&addr).and_then(Vec::pop);
+                    match pooled {
+                        Some(conn) if conn.is_reusable(now) => return Ok(Conn::Direct(conn)),
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+                Ok(Conn::Direct(DirectConn::new(self.connect(addr).await?)))
+            }
             UpstreamProtocol::Http1 => {
-                if !dedicated {
+                if exchange != Exchange::Upgrade {
                     loop {
                         let pooled =
                             self.idle_h1.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&addr).and_then(Vec::pop);
@@ -66,7 +104,7 @@ impl Upstreams {
                         }
                     }
                 }
-                let io = self.connect(addr).await?;
+                let io = TokioIo::new(self.connect(addr).await?);
                 let (sender, conn) = http1::Builder::new()
                     .writev(self.vectored_writes)
                     .handshake(io)
@@ -85,7 +123,7 @@ impl Upstreams {
                 {
                     return Ok(Conn::H2(sender));
                 }
-                let io = self.connect(addr).await?;
+                let io = TokioIo::new(self.connect(addr).await?);
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .handshake(io)
                     .await
@@ -99,14 +137,14 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ProxyError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ProxyError::connect(format!("connect to {addr}: {e}"))),
             Err(_) => return Err(ProxyError::connect(format!("connect to {addr}: timed out"))),
         };
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     /// Sends the request on `conn`; the response body returns an HTTP/1.1 connection to the pool when it ends.
@@ -118,6 +156,7 @@ impl Upstreams {
         reusable: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match conn {
+            Conn::Direct(conn) => self.exchange(addr, conn, req).await,
             Conn::H1(mut sender) => {
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
                 let mut release = reusable.then(|| Release { pool: self.clone(), addr, sender });
@@ -126,13 +165,50 @@ impl Upstreams {
                 {
                     r.run();
                 }
-                Ok(resp.map(|inner| UpstreamBody { inner, release, deadline: None }))
+                Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release }, deadline: None }))
             }
             Conn::H2(mut sender) => {
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
-                Ok(resp.map(|inner| UpstreamBody { inner, release: None, deadline: None }))
+                Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release: None }, deadline: None }))
             }
         }
+    }
+
+    /// A bodiless request over a direct connection; the request's body (empty) is dropped here.
+    async fn exchange(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut conn: DirectConn,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let (parts, _) = req.into_parts();
+        conn.encode_request(&parts);
+        let (head, framing) = match conn.round_trip(&parts.method).await {
+            Ok(r) => r,
+            Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && parts.method.is_idempotent() => {
+                tracing::debug!(endpoint = %addr, error = %e, "pooled connection closed while idle; sending again on a new one");
+                let mut fresh = DirectConn::new(self.connect(addr).await.map_err(|e| ProxyError::upstream(e.message))?);
+                fresh.take_request_from(&mut conn);
+                let r = fresh.round_trip(&parts.method).await;
+                conn = fresh;
+                r.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?
+            }
+            Err(e) => return Err(ProxyError::upstream(format!("{addr}: {e}"))),
+        };
+        let body = DirectBody::new(conn, framing, self.clone(), addr);
+        Ok(head.map(|()| UpstreamBody { inner: Inner::Direct(body), deadline: None }))
+    }
+
+    pub(crate) fn give_back_direct(&self, addr: SocketAddr, conn: DirectConn) {
+        let mut idle = self.idle_direct.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        // The oldest connection (at the bottom) goes when the list is full or it idled too long.
+        if list.len() >= MAX_IDLE_PER_ENDPOINT
+            || list.first().is_some_and(|c| !c.is_reusable(std::time::Instant::now()))
+        {
+            list.remove(0);
+        }
+        list.push(conn);
     }
 
     fn give_back(&self, addr: SocketAddr, sender: http1::SendRequest<RequestBody>) {
@@ -162,9 +238,13 @@ impl Release {
 /// An upstream response body; returns its connection to the pool once fully read, and fails
 /// (ending the response early) when the route's request timeout passes mid-body.
 pub struct UpstreamBody {
-    inner: Incoming,
-    release: Option<Release>,
+    inner: Inner,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+enum Inner {
+    Hyper { body: Incoming, release: Option<Release> },
+    Direct(DirectBody),
 }
 
 impl UpstreamBody {
@@ -183,32 +263,47 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx).map_err(BoxError::from);
+        let polled = match &mut this.inner {
+            Inner::Hyper { body, release } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx).map_err(BoxError::from);
+                // The server may stop polling once `is_end_stream` is true, so release on the last frame too.
+                let done = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if done && let Some(r) = release.take() {
+                    r.run();
+                }
+                polled
+            }
+            Inner::Direct(body) => body.poll_frame(cx),
+        };
         if polled.is_pending()
             && let Some(deadline) = &mut this.deadline
             && deadline.as_mut().poll(cx).is_ready()
         {
             // The connection is mid-response: never pool it.
-            this.release = None;
+            match &mut this.inner {
+                Inner::Hyper { release, .. } => *release = None,
+                Inner::Direct(body) => body.abandon(),
+            }
             return Poll::Ready(Some(Err(BoxError::from("request timeout reached while streaming the response"))));
-        }
-        // The server may stop polling once `is_end_stream` is true, so release on the last frame too.
-        let done = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if done && let Some(r) = this.release.take() {
-            r.run();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Direct(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Direct(body) => body.size_hint(),
+        }
     }
 }

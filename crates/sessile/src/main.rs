@@ -78,6 +78,11 @@ struct ServeArgs {
     /// ones (~5%; the default suits API and web traffic).
     #[arg(long)]
     h1_vectored_writes: bool,
+    /// How requests without a body reach HTTP/1.1 backends: `direct` (the request's own task
+    /// writes the head and reads the response: no connection task or channel) or `hyper` (hyper's
+    /// client, as requests with a body always use).
+    #[arg(long, value_parser = ["direct", "hyper"], default_value = "direct")]
+    h1_upstream_client: String,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +229,7 @@ impl From<ServeArgs> for run::ServeOptions {
                 ..sessile_proxy::Limits::default()
             },
             h1_vectored_writes: a.h1_vectored_writes,
+            direct_h1_upstream: a.h1_upstream_client == "direct",
         }
     }
 }

@@ -1,0 +1,680 @@
+//! Direct HTTP/1.1 exchanges with backends for bodiless requests: the request's own task writes
+//! the head and reads and frames the response (no connection task, no channel, reused buffers).
+//!
+//! Why: with hyper's client every request crossed a channel to a connection task and back, and
+//! that task's dispatcher cost more than a third of the proxy's user-space instructions. Requests
+//! with a body, protocol upgrades and h2c keep hyper's client (see `upstream.rs`).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::upstream::Upstreams;
+
+/// The largest response head accepted (hyper's client allows about the same).
+const MAX_HEAD_BYTES: usize = 400 * 1024;
+/// Header fields per response head or trailer section (hyper's client default).
+const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+const READ_RESERVE: usize = 8 * 1024;
+/// A pooled connection idle longer than this is closed rather than reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The connection closed (or reset) before any byte of a response: on a reused connection
+    /// the backend most likely closed it while idle, so an idempotent request may be sent again.
+    ClosedBeforeResponse(io::Error),
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::ClosedBeforeResponse(e) => write!(f, "connection closed before a response: {e}"),
+            ExchangeError::Io(e) => write!(f, "{e}"),
+            ExchangeError::Invalid(what) => write!(f, "invalid response: {what}"),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to a backend, with the buffers it keeps between requests.
+pub struct DirectConn {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+    /// Requests sent on this connection before the current one.
+    served: u32,
+    idle_since: Instant,
+}
+
+impl DirectConn {
+    pub fn new(stream: TcpStream) -> DirectConn {
+        DirectConn { stream, read_buf: BytesMut::new(), write_buf: Vec::new(), served: 0, idle_since: Instant::now() }
+    }
+
+    /// Whether a pooled connection can take a request: not idle too long, and nothing (an EOF, a
+    /// reset or stray bytes) arrived while it was idle. Costs no system call unless the reactor saw
+    /// the socket become readable.
+    pub fn is_reusable(&self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.idle_since) >= IDLE_TIMEOUT {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    pub fn served(&self) -> u32 {
+        self.served
+    }
+
+    /// Takes the encoded head of `other` (a retry on a new connection sends the same bytes).
+    pub fn take_request_from(&mut self, other: &mut DirectConn) {
+        std::mem::swap(&mut self.write_buf, &mut other.write_buf);
+    }
+
+    /// Encodes the request head into this connection's write buffer.
+    pub fn encode_request(&mut self, parts: &http::request::Parts) {
+        let out = &mut self.write_buf;
+        out.clear();
+        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // A method that defines a meaning for content says "no content" explicitly (RFC 9110 8.6).
+        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Sends the encoded request and reads the final response head (interim 1xx heads skipped).
+    pub async fn round_trip(&mut self, method: &Method) -> Result<(Response<()>, Framing), ExchangeError> {
+        let reused = self.served > 0;
+        self.served += 1;
+        // Bytes left from an earlier response mean the stream is out of step: never parse them.
+        if !self.read_buf.is_empty() {
+            return Err(ExchangeError::Invalid("bytes after the previous response"));
+        }
+        if let Err(e) = self.stream.write_all(&self.write_buf).await {
+            return Err(if reused { ExchangeError::ClosedBeforeResponse(e) } else { ExchangeError::Io(e) });
+        }
+        let mut received = false;
+        loop {
+            if !self.read_buf.is_empty() {
+                received = true;
+                if let Some((head, framing)) = parse_response_head(&mut self.read_buf, method)? {
+                    return Ok((head, framing));
+                }
+                if self.read_buf.len() > MAX_HEAD_BYTES {
+                    return Err(ExchangeError::Invalid("response head too large"));
+                }
+            }
+            self.read_buf.reserve(READ_RESERVE);
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) if !received => {
+                    return Err(ExchangeError::ClosedBeforeResponse(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(ExchangeError::Invalid("connection closed inside the response head")),
+                Ok(_) => {}
+                Err(e) if !received => return Err(ExchangeError::ClosedBeforeResponse(e)),
+                Err(e) => return Err(ExchangeError::Io(e)),
+            }
+        }
+    }
+}
+
+/// How the response body is delimited (RFC 9112 6.3), and whether the connection stays usable.
+#[derive(Debug)]
+pub struct Framing {
+    pub body: BodyFraming,
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+const INLINE_FIELDS: usize = 24;
+
+/// Where one header field's name and value sit in the response head (it is under 4 GiB).
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+}
+
+/// Parses one response head from the front of `buf`; `None` when incomplete. Interim (1xx)
+/// responses are consumed and skipped; 101 is an error here (these requests never ask to upgrade).
+fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
+    loop {
+        // Offsets of each name and value in the head, so the values can share its bytes once it is
+        // split off. Most heads fit the array on the stack (zeroing 100 slots cost ~1,500
+        // instructions per response); larger ones spill to `spilled`.
+        let mut inline = [FieldAt::default(); INLINE_FIELDS];
+        let mut spilled = Vec::new();
+        let (len, code, minor, count, reason) = {
+            let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut headers,
+            ) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Invalid("too many header fields")),
+                Err(_) => return Err(ExchangeError::Invalid("malformed response head")),
+            };
+            let base = buf.as_ptr() as usize;
+            let at = |h: &httparse::Header<'_>| FieldAt {
+                name: (h.name.as_ptr() as usize - base) as u32,
+                name_len: h.name.len() as u32,
+                value: (h.value.as_ptr() as usize - base) as u32,
+                value_len: h.value.len() as u32,
+            };
+            if resp.headers.len() <= INLINE_FIELDS {
+                for (slot, h) in inline.iter_mut().zip(resp.headers.iter()) {
+                    *slot = at(h);
+                }
+            } else {
+                spilled = resp.headers.iter().map(at).collect();
+            }
+            let code = resp.code.unwrap_or(0);
+            let reason = resp
+                .reason
+                .filter(|r| StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).is_none_or(|c| c != *r));
+            let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
+            (len, code, resp.version.unwrap_or(1), resp.headers.len(), reason)
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::Invalid("101 to a request that did not ask to upgrade"));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        let fields = if count <= INLINE_FIELDS { &inline[..count] } else { &spilled[..] };
+        for f in fields {
+            let (name, value) = (f.name as usize, f.value as usize);
+            let name = HeaderName::from_bytes(&head[name..name + f.name_len as usize])
+                .map_err(|_| ExchangeError::Invalid("header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
+                .map_err(|_| ExchangeError::Invalid("header value"))?;
+            headers.append(name, value);
+        }
+        let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        let framing = response_framing(method, status, version, &mut headers)?;
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+            resp.extensions_mut().insert(reason);
+        }
+        return Ok(Some((resp, framing)));
+    }
+}
+
+/// RFC 9112 6.3, for a response to `method`. A response with both Transfer-Encoding and
+/// Content-Length is framed by Transfer-Encoding, loses its Content-Length and its connection.
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<Framing, ExchangeError> {
+    let mut keep_alive = version == Version::HTTP_11 && !has_token(headers, header::CONNECTION, "close");
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing { body: BodyFraming::Empty, keep_alive });
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        if !chunked {
+            return Ok(Framing { body: BodyFraming::UntilClose, keep_alive: false });
+        }
+        return Ok(Framing { body: BodyFraming::Chunked(ChunkedDecoder::default()), keep_alive });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Invalid("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing { body: BodyFraming::Empty, keep_alive },
+        Some(n) => Framing { body: BodyFraming::Length(n), keep_alive },
+        None => Framing { body: BodyFraming::UntilClose, keep_alive: false },
+    })
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// What the chunked decoder produced from the buffered bytes.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+/// An incremental decoder of the chunked transfer coding (RFC 9112 7.1), strict about CRLF.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// Decodes from the front of `buf`, consuming what it uses.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line_end) = find_crlf(buf) else {
+                        if buf.len() > MAX_CHUNK_LINE || buf.contains(&b'\n') {
+                            return Err("malformed chunk-size line");
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&buf[..line_end])?;
+                    buf.advance(line_end + 2);
+                    self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                }
+                ChunkState::Data(remaining) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = remaining.min(buf.len() as u64);
+                    let data = buf.split_to(take as usize).freeze();
+                    self.state =
+                        if take == remaining { ChunkState::DataEnd } else { ChunkState::Data(remaining - take) };
+                    return Ok(Decoded::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return if buf.first().is_some_and(|b| *b != b'\r') {
+                            Err("chunk data not followed by CRLF")
+                        } else {
+                            Ok(Decoded::NeedMore)
+                        };
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Decoded::End);
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_TRAILER_BYTES || (buf.len() >= 2 && buf[0] == b'\r' && buf[1] != b'\n') {
+                            return Err("malformed trailer section");
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let section = buf.split_to(end + 4);
+                    self.state = ChunkState::Done;
+                    return Ok(Decoded::Trailers(parse_trailers(&section)?));
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    let lf = buf.iter().position(|b| *b == b'\n')?;
+    (lf > 0 && buf[lf - 1] == b'\r').then_some(lf - 1)
+}
+
+/// `chunk-size [ chunk-ext ]`: 1-16 hex digits, then optional whitespace and extensions (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err("chunk size");
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') || line.contains(&b'\r') {
+        return Err("chunk size");
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| "chunk size")?;
+    u64::from_str_radix(text, 16).map_err(|_| "chunk size")
+}
+
+fn parse_trailers(section: &[u8]) -> Result<HeaderMap, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        _ => return Err("malformed trailer section"),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for f in parsed {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "trailer name")?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| "trailer value")?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+/// The body of a direct response: frames read from the connection, which goes back to the pool
+/// when the body ended cleanly on a connection that stays usable.
+pub struct DirectBody {
+    conn: Option<DirectConn>,
+    framing: BodyFraming,
+    keep_alive: bool,
+    /// Where the connection goes back when the body ends cleanly.
+    pool: Option<(Arc<Upstreams>, SocketAddr)>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl DirectBody {
+    pub fn new(conn: DirectConn, framing: Framing, pool: Arc<Upstreams>, addr: SocketAddr) -> DirectBody {
+        let mut body = DirectBody {
+            conn: Some(conn),
+            framing: framing.body,
+            keep_alive: framing.keep_alive,
+            pool: Some((pool, addr)),
+        };
+        if body.framing == BodyFraming::Empty {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended: a usable connection with nothing extra buffered goes back to the pool.
+    fn finish(&mut self) {
+        self.framing = BodyFraming::Empty;
+        if let (Some(mut conn), Some((pool, addr))) = (self.conn.take(), self.pool.take())
+            && self.keep_alive
+            && conn.read_buf.is_empty()
+        {
+            conn.idle_since = Instant::now();
+            pool.give_back_direct(addr, conn);
+        }
+    }
+
+    /// Stops using the connection (a deadline passed mid-body): it is closed, never pooled.
+    pub fn abandon(&mut self) {
+        self.conn = None;
+        self.framing = BodyFraming::Empty;
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            let buf = &mut conn.read_buf;
+            match &mut self.framing {
+                BodyFraming::Empty => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                BodyFraming::Length(remaining) if !buf.is_empty() => {
+                    let take = (*remaining).min(buf.len() as u64);
+                    let data = buf.split_to(take as usize).freeze();
+                    *remaining -= take;
+                    if *remaining == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyFraming::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyFraming::Chunked(decoder) if !buf.is_empty() => match decoder.decode(buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(trailers)) => {
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Decoded::End) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => {
+                        self.abandon();
+                        return Poll::Ready(Some(Err(BoxError::from(e))));
+                    }
+                },
+                _ => {}
+            }
+            let conn = self.conn.as_mut().expect("checked above");
+            conn.read_buf.reserve(READ_RESERVE);
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.read_buf)) {
+                Ok(0) if matches!(self.framing, BodyFraming::UntilClose) => {
+                    self.abandon();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.abandon();
+                    return Poll::Ready(Some(Err(BoxError::from("backend closed the connection inside the body"))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.abandon();
+                    return Poll::Ready(Some(Err(BoxError::from(e))));
+                }
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none() && self.framing == BodyFraming::Empty
+    }
+
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.framing, &self.conn) {
+            (BodyFraming::Length(n), Some(_)) => http_body::SizeHint::with_exact(*n),
+            (BodyFraming::Empty, _) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut trailers = None;
+        let mut fed = 0;
+        loop {
+            match dec.decode(&mut buf)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return Ok((body, trailers)),
+                Decoded::NeedMore => {
+                    if fed == input.len() {
+                        return Err("input ended");
+                    }
+                    let next = (fed + split).min(input.len());
+                    buf.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_at_every_split() {
+        let input = b"5;ext=1\r\nhello\r\n7 ; a=\"b\"\r\n, world\r\n0\r\nx-checksum: abc\r\nx-other: 1\r\n\r\n";
+        for split in 1..=input.len() {
+            let (body, trailers) = decode_all(input, split).unwrap();
+            assert_eq!(body, b"hello, world", "split {split}");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers.get("x-checksum").unwrap(), "abc", "split {split}");
+            assert_eq!(trailers.get("x-other").unwrap(), "1");
+        }
+        for split in 1..=12 {
+            let (body, trailers) = decode_all(b"A\r\n0123456789\r\n0\r\n\r\n", split).unwrap();
+            assert_eq!(body, b"0123456789");
+            assert!(trailers.is_none());
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(decode_all(bad, bad.len()).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(decode_all(bad, 1).is_err(), "byte by byte: {:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn head(text: &str, method: Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
+        parse_response_head(&mut BytesMut::from(text), &method)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let framing = |text: &str, method: Method| head(text, method).unwrap().unwrap().1;
+        let f = framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", Method::GET);
+        assert_eq!((f.body, f.keep_alive), (BodyFraming::Length(12), true));
+        let f = framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", Method::HEAD);
+        assert_eq!(f.body, BodyFraming::Empty, "HEAD has no body whatever its length");
+        for status in ["204 No Content", "304 Not Modified"] {
+            let f = framing(&format!("HTTP/1.1 {status}\r\ncontent-length: 5\r\n\r\n"), Method::GET);
+            assert_eq!(f.body, BodyFraming::Empty, "{status}");
+        }
+        let f = framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", Method::GET);
+        assert_eq!((f.body, f.keep_alive), (BodyFraming::Chunked(ChunkedDecoder::default()), true));
+        let f = framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", Method::GET);
+        assert_eq!((f.body, f.keep_alive), (BodyFraming::UntilClose, false));
+        let f = framing("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert_eq!((f.body, f.keep_alive), (BodyFraming::UntilClose, false));
+        let f = framing("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: Close\r\n\r\n", Method::GET);
+        assert_eq!((f.body, f.keep_alive), (BodyFraming::Length(3), false));
+        let f = framing("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n", Method::GET);
+        assert!(!f.keep_alive, "HTTP/1.0 responses close");
+        let f = framing("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n", Method::GET);
+        assert_eq!(f.body, BodyFraming::Length(3), "repeated equal lengths are one length");
+
+        let (resp, f) = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(f.body, BodyFraming::Chunked(_)) && !f.keep_alive, "Transfer-Encoding wins and closes");
+        assert!(resp.headers().get(header::CONTENT_LENGTH).is_none(), "the losing Content-Length is dropped");
+
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(head(bad, Method::GET).is_err(), "{bad:?}");
+        }
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le", Method::GET).unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_values_keep_their_bytes() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 299 Custom\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok",
+        );
+        let (resp, f) = parse_response_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(resp.status().as_u16(), 299);
+        assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert!(resp.headers().get("link").is_none(), "the 103's fields are not the final response's");
+        assert_eq!(f.body, BodyFraming::Length(2));
+        assert_eq!(&buf[..], b"ok", "the body stays buffered");
+        let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>().expect("a non-canonical reason is kept");
+        assert_eq!(reason.as_bytes(), b"Custom");
+    }
+}
