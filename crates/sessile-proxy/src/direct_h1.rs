@@ -61,19 +61,27 @@ pub struct DirectConn {
     write_buf: Vec<u8>,
     /// Requests sent on this connection before the current one.
     served: u32,
+    names: NameCache,
     idle_since: Instant,
 }
 
 impl DirectConn {
     pub fn new(stream: TcpStream) -> DirectConn {
-        DirectConn { stream, read_buf: BytesMut::new(), write_buf: Vec::new(), served: 0, idle_since: Instant::now() }
+        DirectConn {
+            stream,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+            served: 0,
+            names: NameCache::default(),
+            idle_since: Instant::now(),
+        }
     }
 
     /// Whether a pooled connection can take a request: not idle too long, and nothing (an EOF, a
     /// reset or stray bytes) arrived while it was idle. Costs no system call unless the reactor saw
     /// the socket become readable.
     pub fn is_reusable(&self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.idle_since) >= IDLE_TIMEOUT {
+        if self.idled_out(now) {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -84,6 +92,15 @@ impl DirectConn {
                 matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// Whether this connection, idle since `idle_since`, was idle too long at `now`.
+    pub fn idled_out(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since) >= IDLE_TIMEOUT
+    }
+
+    pub fn idle_since(&self) -> Instant {
+        self.idle_since
     }
 
     pub fn served(&self) -> u32 {
@@ -133,7 +150,7 @@ impl DirectConn {
         loop {
             if !self.read_buf.is_empty() {
                 received = true;
-                if let Some((head, framing)) = parse_response_head(&mut self.read_buf, method)? {
+                if let Some((head, framing)) = parse_response_head(&mut self.read_buf, method, &mut self.names)? {
                     return Ok((head, framing));
                 }
                 if self.read_buf.len() > MAX_HEAD_BYTES {
@@ -171,6 +188,34 @@ pub enum BodyFraming {
 
 const INLINE_FIELDS: usize = 24;
 
+/// The header names of the connection's last response by position, with their spelling on the
+/// wire: a backend sends the same names in the same order, and comparing the bytes costs a tenth
+/// of `HeaderName::from_bytes` (which lowercases and classifies every name).
+#[derive(Default)]
+struct NameCache {
+    slots: Vec<(Box<[u8]>, HeaderName)>,
+}
+
+impl NameCache {
+    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, ExchangeError> {
+        if let Some((spelled, name)) = self.slots.get(position)
+            && **spelled == *raw
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| ExchangeError::Invalid("header name"))?;
+        if position < INLINE_FIELDS {
+            let slot = (Box::from(raw), name.clone());
+            if position < self.slots.len() {
+                self.slots[position] = slot;
+            } else if position == self.slots.len() {
+                self.slots.push(slot);
+            }
+        }
+        Ok(name)
+    }
+}
+
 /// Where one header field's name and value sit in the response head (it is under 4 GiB).
 #[derive(Clone, Copy, Default)]
 struct FieldAt {
@@ -182,7 +227,11 @@ struct FieldAt {
 
 /// Parses one response head from the front of `buf`; `None` when incomplete. Interim (1xx)
 /// responses are consumed and skipped; 101 is an error here (these requests never ask to upgrade).
-fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
+fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    names: &mut NameCache,
+) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
     loop {
         // Offsets of each name and value in the head, so the values can share its bytes once it is
         // split off. Most heads fit the array on the stack (zeroing 100 slots cost ~1,500
@@ -234,10 +283,9 @@ fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Re
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let fields = if count <= INLINE_FIELDS { &inline[..count] } else { &spilled[..] };
-        for f in fields {
+        for (i, f) in fields.iter().enumerate() {
             let (name, value) = (f.name as usize, f.value as usize);
-            let name = HeaderName::from_bytes(&head[name..name + f.name_len as usize])
-                .map_err(|_| ExchangeError::Invalid("header name"))?;
+            let name = names.name(i, &head[name..name + f.name_len as usize])?;
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
                 .map_err(|_| ExchangeError::Invalid("header value"))?;
             headers.append(name, value);
@@ -618,7 +666,7 @@ mod tests {
     }
 
     fn head(text: &str, method: Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
-        parse_response_head(&mut BytesMut::from(text), &method)
+        parse_response_head(&mut BytesMut::from(text), &method, &mut NameCache::default())
     }
 
     #[test]
@@ -664,11 +712,32 @@ mod tests {
     }
 
     #[test]
+    fn cached_names_follow_the_bytes_on_the_wire() {
+        let mut names = NameCache::default();
+        let mut parse = |text: &str| {
+            let (resp, _) = parse_response_head(&mut BytesMut::from(text), &Method::GET, &mut names).unwrap().unwrap();
+            resp.headers().iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect::<Vec<_>>()
+        };
+        let first = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Custom: a\r\n\r\n");
+        assert_eq!(first, ["content-length=0", "x-custom=a"]);
+        let same = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Custom: b\r\n\r\n");
+        assert_eq!(same, ["content-length=0", "x-custom=b"]);
+        let moved = parse("HTTP/1.1 200 OK\r\nX-Custom: c\r\nContent-Length: 0\r\nX-Other: d\r\n\r\n");
+        assert_eq!(
+            moved,
+            ["x-custom=c", "content-length=0", "x-other=d"],
+            "a name in another position is not taken from the cache"
+        );
+        let respelled = parse("HTTP/1.1 200 OK\r\nx-custom: e\r\nCONTENT-LENGTH: 0\r\nX-Othe: f\r\n\r\n");
+        assert_eq!(respelled, ["x-custom=e", "content-length=0", "x-othe=f"]);
+    }
+
+    #[test]
     fn interim_responses_are_skipped_and_values_keep_their_bytes() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 299 Custom\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok",
         );
-        let (resp, f) = parse_response_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let (resp, f) = parse_response_head(&mut buf, &Method::GET, &mut NameCache::default()).unwrap().unwrap();
         assert_eq!(resp.status().as_u16(), 299);
         assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert!(resp.headers().get("link").is_none(), "the 103's fields are not the final response's");

@@ -482,6 +482,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // Transfer-Encoding (bit 5) framed the message, so a Content-Length beside it is wrong and an
+    // intermediary must drop it (RFC 9112 6.3); the next hop frames the message afresh.
+    if present & (1 << 5) != 0 {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for name in &named {
         headers.remove(name);
     }

@@ -30,7 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Upstreams {
     idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
-    idle_direct: Mutex<HashMap<SocketAddr, Vec<DirectConn>>>,
+    idle_direct: Mutex<HashMap<SocketAddr, Vec<DirectConn>, AddrHash>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
     /// `writev` from the message's buffers rather than one copied buffer per `send` (see `ServerOptions`).
@@ -203,9 +203,7 @@ impl Upstreams {
         let mut idle = self.idle_direct.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
         // The oldest connection (at the bottom) goes when the list is full or it idled too long.
-        if list.len() >= MAX_IDLE_PER_ENDPOINT
-            || list.first().is_some_and(|c| !c.is_reusable(std::time::Instant::now()))
-        {
+        if list.len() >= MAX_IDLE_PER_ENDPOINT || list.first().is_some_and(|c| c.idled_out(conn.idle_since())) {
             list.remove(0);
         }
         list.push(conn);
@@ -220,6 +218,47 @@ impl Upstreams {
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(sender);
         }
+    }
+}
+
+/// Hashes endpoint addresses for the pools without SipHash (~200 instructions per lookup, twice
+/// per request): the keys come from the configuration, not from clients.
+#[derive(Default, Clone, Copy)]
+struct AddrHash;
+
+impl std::hash::BuildHasher for AddrHash {
+    type Hasher = AddrHasher;
+    fn build_hasher(&self) -> AddrHasher {
+        AddrHasher(0)
+    }
+}
+
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step: rotate, mix in, multiply by an odd constant.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -269,7 +308,8 @@ impl Body for UpstreamBody {
                 // The server may stop polling once `is_end_stream` is true, so release on the last frame too.
                 let done = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    // Trailers end a body (and hyper's server stops polling at them).
+                    Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || body.is_end_stream(),
                     _ => false,
                 };
                 if done && let Some(r) = release.take() {
