@@ -31,7 +31,7 @@ esac
   done
 } >"$dir/config.yaml"
 "$bin" serve --config "$dir/config.yaml" --admin 127.0.0.1:0 --state-dir "$dir/state" \
-  --workers "${WORKERS:-1}" --access-log off &
+  --workers "${WORKERS:-1}" --access-log off ${SESSILE_ARGS:-} &
 child=$!
 trap 'kill -TERM $child 2>/dev/null; wait $child; rm -rf "$dir"' TERM INT
 wait $child

@@ -66,15 +66,17 @@ pub struct DirectConn {
 }
 
 impl DirectConn {
-    pub fn new(stream: TcpStream) -> DirectConn {
-        DirectConn {
+    /// Boxed: it is moved from the pool through the request's phases into the response body, and
+    /// a box moves as one pointer.
+    pub fn new(stream: TcpStream) -> Box<DirectConn> {
+        Box::new(DirectConn {
             stream,
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
             served: 0,
             names: NameCache::default(),
             idle_since: Instant::now(),
-        }
+        })
     }
 
     /// Whether a pooled connection can take a request: not idle too long, and nothing (an EOF, a
@@ -283,15 +285,17 @@ fn parse_response_head(
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let fields = if count <= INLINE_FIELDS { &inline[..count] } else { &spilled[..] };
+        let mut delimiting = Delimiting::default();
         for (i, f) in fields.iter().enumerate() {
             let (name, value) = (f.name as usize, f.value as usize);
             let name = names.name(i, &head[name..name + f.name_len as usize])?;
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
                 .map_err(|_| ExchangeError::Invalid("header value"))?;
+            delimiting.note(&name, &value)?;
             headers.append(name, value);
         }
         let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-        let framing = response_framing(method, status, version, &mut headers)?;
+        let framing = response_framing(method, status, version, delimiting, &mut headers)?;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
@@ -303,19 +307,48 @@ fn parse_response_head(
     }
 }
 
+/// The fields that delimit a response, noted while its head is read (no lookups afterwards).
+#[derive(Default)]
+struct Delimiting {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    connection_close: bool,
+}
+
+impl Delimiting {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+        if *name == header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|b| *b == b',') {
+                let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("content-length"))?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::Invalid("conflicting content-length values"));
+                }
+                self.content_length = Some(n);
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::CONNECTION {
+            self.connection_close |=
+                value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        Ok(())
+    }
+}
+
 /// RFC 9112 6.3, for a response to `method`. A response with both Transfer-Encoding and
 /// Content-Length is framed by Transfer-Encoding, loses its Content-Length and its connection.
 fn response_framing(
     method: &Method,
     status: StatusCode,
     version: Version,
+    delimiting: Delimiting,
     headers: &mut HeaderMap,
 ) -> Result<Framing, ExchangeError> {
-    let mut keep_alive = version == Version::HTTP_11 && !has_token(headers, header::CONNECTION, "close");
+    let mut keep_alive = version == Version::HTTP_11 && !delimiting.connection_close;
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing { body: BodyFraming::Empty, keep_alive });
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if delimiting.transfer_encoding {
         let chunked = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -331,17 +364,7 @@ fn response_framing(
         }
         return Ok(Framing { body: BodyFraming::Chunked(ChunkedDecoder::default()), keep_alive });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match delimiting.content_length {
         Some(0) => Framing { body: BodyFraming::Empty, keep_alive },
         Some(n) => Framing { body: BodyFraming::Length(n), keep_alive },
         None => Framing { body: BodyFraming::UntilClose, keep_alive: false },
@@ -353,14 +376,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
         return None;
     }
     Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// What the chunked decoder produced from the buffered bytes.
@@ -491,7 +506,7 @@ fn parse_trailers(section: &[u8]) -> Result<HeaderMap, &'static str> {
 /// The body of a direct response: frames read from the connection, which goes back to the pool
 /// when the body ended cleanly on a connection that stays usable.
 pub struct DirectBody {
-    conn: Option<DirectConn>,
+    conn: Option<Box<DirectConn>>,
     framing: BodyFraming,
     keep_alive: bool,
     /// Where the connection goes back when the body ends cleanly.
@@ -501,7 +516,7 @@ pub struct DirectBody {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl DirectBody {
-    pub fn new(conn: DirectConn, framing: Framing, pool: Arc<Upstreams>, addr: SocketAddr) -> DirectBody {
+    pub fn new(conn: Box<DirectConn>, framing: Framing, pool: Arc<Upstreams>, addr: SocketAddr) -> DirectBody {
         let mut body = DirectBody {
             conn: Some(conn),
             framing: framing.body,

@@ -30,7 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Upstreams {
     idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
-    idle_direct: Mutex<HashMap<SocketAddr, Vec<DirectConn>, AddrHash>>,
+    idle_direct: Mutex<HashMap<SocketAddr, Vec<Box<DirectConn>>, AddrHash>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
     /// `writev` from the message's buffers rather than one copied buffer per `send` (see `ServerOptions`).
@@ -43,7 +43,7 @@ pub struct Upstreams {
 pub enum Conn {
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
-    Direct(DirectConn),
+    Direct(Box<DirectConn>),
 }
 
 /// What the request needs from its connection.
@@ -178,7 +178,7 @@ impl Upstreams {
     async fn exchange(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut conn: DirectConn,
+        mut conn: Box<DirectConn>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (parts, _) = req.into_parts();
@@ -199,7 +199,7 @@ impl Upstreams {
         Ok(head.map(|()| UpstreamBody { inner: Inner::Direct(body), deadline: None }))
     }
 
-    pub(crate) fn give_back_direct(&self, addr: SocketAddr, conn: DirectConn) {
+    pub(crate) fn give_back_direct(&self, addr: SocketAddr, conn: Box<DirectConn>) {
         let mut idle = self.idle_direct.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
         // The oldest connection (at the bottom) goes when the list is full or it idled too long.
