@@ -30,6 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Upstreams {
     idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
+    #[expect(clippy::vec_box, reason = "connections leave the pool as the boxes the request moves around")]
     idle_direct: Mutex<HashMap<SocketAddr, Vec<Box<DirectConn>>, AddrHash>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     pub connect_timeout: Duration,
