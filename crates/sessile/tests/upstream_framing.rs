@@ -254,6 +254,7 @@ macro_rules! for_each_client {
 }
 
 for_each_client!(
+    large_bodies_in_large_writes_arrive_whole_and_the_connection_is_reused,
     chunked_with_content_length_gives_502_or_the_chunked_body,
     backend_connection_is_reused_after_a_chunked_response_with_trailers,
     chunked_response_with_extensions_in_split_writes_is_decoded_and_the_connection_reused,
@@ -682,6 +683,43 @@ async fn large_head_and_body_in_small_writes_arrive_whole(upstream: Client) {
     }
     assert_eq!(resp.body.len(), expected.len());
     assert!(resp.body == expected, "the body bytes differ");
+    gw.gateway.stop().await;
+}
+
+/// Bodies that arrive faster than they are read fill every read (the direct client then reads in
+/// larger steps): 3 MiB with Content-Length and 3 MiB chunked, in one write each, twice over one
+/// backend connection.
+async fn large_bodies_in_large_writes_arrive_whole_and_the_connection_is_reused(upstream: Client) {
+    let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let expected = body.clone();
+    let backend = ScriptedBackend::start(move |req| {
+        let mut bytes = if req.target() == "/chunked" {
+            let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for chunk in body.chunks(100_000) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        } else {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes()
+        };
+        if req.target() != "/chunked" {
+            bytes.extend_from_slice(&body);
+        }
+        Script::send(bytes)
+    })
+    .await;
+    let gw = gateway_to(upstream, &[("/", &backend)]).await;
+    let client = TestClient::http1();
+    for path in ["/length", "/chunked", "/length"] {
+        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.body.len(), expected.len(), "{path}");
+        assert!(resp.body == expected, "{path}: the body bytes differ");
+    }
+    assert_eq!(backend.conns(), vec![0, 0, 0], "each body ended cleanly, so the connection was reused");
     gw.gateway.stop().await;
 }
 
