@@ -33,8 +33,6 @@ const READ_RESERVE: usize = 8 * 1024;
 /// Body reads grow from `READ_RESERVE` up to this while each read fills its space (large bodies
 /// then take a fraction of the system calls), like hyper's adaptive read buffer.
 const MAX_BODY_READ: usize = 256 * 1024;
-/// A pooled connection idle longer than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -88,8 +86,8 @@ impl DirectConn {
     /// Whether a pooled connection can take a request: not idle too long, and nothing (an EOF, a
     /// reset or stray bytes) arrived while it was idle. Costs no system call unless the reactor saw
     /// the socket become readable.
-    pub fn is_reusable(&self, now: Instant) -> bool {
-        if self.idled_out(now) {
+    pub fn is_reusable(&self, now: Instant, idle_limit: Duration) -> bool {
+        if self.idled_out(now, idle_limit) {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -102,9 +100,9 @@ impl DirectConn {
         }
     }
 
-    /// Whether this connection, idle since `idle_since`, was idle too long at `now`.
-    pub fn idled_out(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.idle_since) >= IDLE_TIMEOUT
+    /// Whether this connection was idle for `limit` or more at `now`.
+    pub fn idled_out(&self, now: Instant, limit: Duration) -> bool {
+        now.saturating_duration_since(self.idle_since) >= limit
     }
 
     pub fn idle_since(&self) -> Instant {

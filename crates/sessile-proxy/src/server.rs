@@ -26,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::{ConnTracker, Expiry, Limits, RequestBody, TrackedBody, TrackedIo};
 use crate::pipeline::{ConnContext, handle};
 use crate::state::Shared;
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamOptions, Upstreams};
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
+    /// Upstream connections: connect timeout, pools, the HTTP/1.1 client.
+    pub upstream: UpstreamOptions,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
     /// Downstream limits (sizes, timeouts, connection and HTTP/2 stream limits).
@@ -39,19 +39,15 @@ pub struct ServerOptions {
     /// HTTP/1.1 messages are written with `writev` straight from their head and body buffers,
     /// instead of copying each body into one buffer per `send` (docs/performance.md, "Tuning").
     pub h1_vectored_writes: bool,
-    /// Bodiless HTTP/1.1 requests go to backends over direct connections (`direct_h1`); false
-    /// sends every request through hyper's client (`--h1-upstream-client hyper`).
-    pub direct_h1_upstream: bool,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            connect_timeout: Duration::from_secs(2),
+            upstream: UpstreamOptions::default(),
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             h1_vectored_writes: false,
-            direct_h1_upstream: true,
         }
     }
 }
@@ -104,11 +100,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(shared: Arc<Shared>, opts: ServerOptions) -> Server {
-        Server {
-            upstreams: Upstreams::new(opts.connect_timeout, opts.h1_vectored_writes, opts.direct_h1_upstream),
-            shared,
-            opts,
-        }
+        Server { upstreams: Upstreams::new(opts.upstream.clone(), opts.h1_vectored_writes), shared, opts }
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,18 +26,45 @@ use crate::direct_h1::{DirectBody, DirectConn, ExchangeError};
 use crate::error::ProxyError;
 use crate::limits::RequestBody;
 
-const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How connections to backends are made and kept (`sessile serve --upstream-*`).
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Connect timeout (`--upstream-connect-timeout`).
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per endpoint, in each pool (`--upstream-max-idle`).
+    pub max_idle_per_endpoint: usize,
+    /// An idle HTTP/1.1 connection older than this is closed, not reused (`--upstream-idle-timeout`).
+    pub idle_timeout: Duration,
+    /// Bodiless HTTP/1.1 requests use direct connections (`direct_h1`); false sends every request
+    /// through hyper's client (`--h1-upstream-client hyper`).
+    pub direct_h1: bool,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(2),
+            max_idle_per_endpoint: 256,
+            // Above the keep-alive timeouts backends commonly use (nginx 75 s), so the backend
+            // usually closes first; hyper-util's pool uses the same.
+            idle_timeout: Duration::from_secs(90),
+            direct_h1: true,
+        }
+    }
+}
+
+/// Idle connections by endpoint, newest last.
+type Pool<T> = Mutex<HashMap<SocketAddr, Vec<T>, AddrHash>>;
 
 pub struct Upstreams {
-    idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
-    #[expect(clippy::vec_box, reason = "connections leave the pool as the boxes the request moves around")]
-    idle_direct: Mutex<HashMap<SocketAddr, Vec<Box<DirectConn>>, AddrHash>>,
+    /// Each connection with the time it went idle.
+    idle_h1: Pool<(http1::SendRequest<RequestBody>, Instant)>,
+    /// Boxed: connections leave the pool as the boxes the request moves around.
+    idle_direct: Pool<Box<DirectConn>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
-    pub connect_timeout: Duration,
+    opts: UpstreamOptions,
     /// `writev` from the message's buffers rather than one copied buffer per `send` (see `ServerOptions`).
     vectored_writes: bool,
-    /// Bodiless HTTP/1.1 requests use direct connections (`direct_h1`); off: hyper's client for all.
-    direct_h1: bool,
 }
 
 /// A connection ready to take one request.
@@ -59,14 +86,13 @@ pub enum Exchange {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, vectored_writes: bool, direct_h1: bool) -> Arc<Upstreams> {
+    pub fn new(opts: UpstreamOptions, vectored_writes: bool) -> Arc<Upstreams> {
         Arc::new(Upstreams {
             idle_h1: Mutex::default(),
             idle_direct: Mutex::default(),
             h2: Mutex::default(),
-            connect_timeout,
+            opts,
             vectored_writes,
-            direct_h1,
         })
     }
 
@@ -78,13 +104,13 @@ impl Upstreams {
         exchange: Exchange,
     ) -> Result<Conn, ProxyError> {
         match protocol {
-            UpstreamProtocol::Http1 if exchange == Exchange::Bodiless && self.direct_h1 => {
-                let now = std::time::Instant::now();
+            UpstreamProtocol::Http1 if exchange == Exchange::Bodiless && self.opts.direct_h1 => {
+                let now = Instant::now();
                 loop {
                     let pooled =
                         self.idle_direct.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&addr).and_then(Vec::pop);
                     match pooled {
-                        Some(conn) if conn.is_reusable(now) => return Ok(Conn::Direct(conn)),
+                        Some(conn) if conn.is_reusable(now, self.opts.idle_timeout) => return Ok(Conn::Direct(conn)),
                         Some(_) => continue,
                         None => break,
                     }
@@ -93,11 +119,12 @@ impl Upstreams {
             }
             UpstreamProtocol::Http1 => {
                 if exchange != Exchange::Upgrade {
+                    let now = Instant::now();
                     loop {
                         let pooled =
                             self.idle_h1.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&addr).and_then(Vec::pop);
-                        let Some(mut sender) = pooled else { break };
-                        if sender.is_closed() {
+                        let Some((mut sender, idle_since)) = pooled else { break };
+                        if sender.is_closed() || now.saturating_duration_since(idle_since) >= self.opts.idle_timeout {
                             continue;
                         }
                         if sender.ready().await.is_ok() {
@@ -139,7 +166,7 @@ impl Upstreams {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ProxyError::connect(format!("connect to {addr}: {e}"))),
             Err(_) => return Err(ProxyError::connect(format!("connect to {addr}: timed out"))),
@@ -204,7 +231,12 @@ impl Upstreams {
         let mut idle = self.idle_direct.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
         // The oldest connection (at the bottom) goes when the list is full or it idled too long.
-        if list.len() >= MAX_IDLE_PER_ENDPOINT || list.first().is_some_and(|c| c.idled_out(conn.idle_since())) {
+        if list.len() >= self.opts.max_idle_per_endpoint
+            || list.first().is_some_and(|c| c.idled_out(conn.idle_since(), self.opts.idle_timeout))
+        {
+            if list.is_empty() {
+                return;
+            }
             list.remove(0);
         }
         list.push(conn);
@@ -216,8 +248,8 @@ impl Upstreams {
         }
         let mut idle = self.idle_h1.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(sender);
+        if list.len() < self.opts.max_idle_per_endpoint {
+            list.push((sender, Instant::now()));
         }
     }
 }

@@ -83,6 +83,16 @@ struct ServeArgs {
     /// client, as requests with a body always use).
     #[arg(long, value_parser = ["direct", "hyper"], default_value = "direct")]
     h1_upstream_client: String,
+    /// Time to connect to a backend endpoint before another endpoint is tried.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    upstream_connect_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per backend endpoint (0: a new connection per request).
+    #[arg(long, default_value_t = 256)]
+    upstream_max_idle: usize,
+    /// An idle backend connection older than this is closed instead of reused; keep it below
+    /// the backends' own keep-alive timeout when they have a short one.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    upstream_idle_timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -229,7 +239,12 @@ impl From<ServeArgs> for run::ServeOptions {
                 ..sessile_proxy::Limits::default()
             },
             h1_vectored_writes: a.h1_vectored_writes,
-            direct_h1_upstream: a.h1_upstream_client == "direct",
+            upstream: sessile_proxy::upstream::UpstreamOptions {
+                connect_timeout: a.upstream_connect_timeout,
+                max_idle_per_endpoint: a.upstream_max_idle,
+                idle_timeout: a.upstream_idle_timeout,
+                direct_h1: a.h1_upstream_client == "direct",
+            },
         }
     }
 }

@@ -43,8 +43,8 @@ pub struct ServeOptions {
     pub limits: sessile_proxy::Limits,
     /// Write HTTP/1.1 messages with `writev` from their buffers (`--h1-vectored-writes`).
     pub h1_vectored_writes: bool,
-    /// Bodiless HTTP/1.1 requests use direct upstream connections (`--h1-upstream-client direct`).
-    pub direct_h1_upstream: bool,
+    /// Upstream connections: connect timeout, pools, the HTTP/1.1 client (`--upstream-*`, `--h1-upstream-client`).
+    pub upstream: sessile_proxy::upstream::UpstreamOptions,
 }
 
 impl Default for ServeOptions {
@@ -60,7 +60,7 @@ impl Default for ServeOptions {
             access_log_file: None,
             limits: sessile_proxy::Limits::default(),
             h1_vectored_writes: false,
-            direct_h1_upstream: true,
+            upstream: sessile_proxy::upstream::UpstreamOptions::default(),
         }
     }
 }
@@ -250,7 +250,7 @@ pub fn spawn_server(shared: &Arc<Shared>, opts: &ServeOptions, shutdown: &Cancel
         ServerOptions {
             limits: opts.limits.clone(),
             h1_vectored_writes: opts.h1_vectored_writes,
-            direct_h1_upstream: opts.direct_h1_upstream,
+            upstream: opts.upstream.clone(),
             ..ServerOptions::default()
         },
     );

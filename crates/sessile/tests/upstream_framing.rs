@@ -213,6 +213,15 @@ fn raw_service_yaml(name: &str, port: u16) -> String {
 
 /// A gateway routing each path prefix to its own Service over the given backend.
 async fn gateway_to(upstream: Client, routes: &[(&str, &ScriptedBackend)]) -> TestGateway {
+    gateway_to_with(upstream, routes, |_| {}).await
+}
+
+/// [`gateway_to`], with the upstream options adjusted.
+async fn gateway_to_with(
+    upstream: Client,
+    routes: &[(&str, &ScriptedBackend)],
+    adjust: impl FnOnce(&mut sessile_proxy::upstream::UpstreamOptions),
+) -> TestGateway {
     let port = free_port();
     let mut services = String::new();
     let mut rules = Vec::new();
@@ -224,7 +233,11 @@ async fn gateway_to(upstream: Client, routes: &[(&str, &ScriptedBackend)]) -> Te
     config.write("gw.yaml", &gateway_yaml(port));
     config.write("svc.yaml", &services);
     config.write("route.yaml", &route_yaml("r", None, &rules));
-    start_gateway_with(config, TempDir::new("state"), port, |o| o.direct_h1_upstream = upstream == Client::Direct).await
+    start_gateway_with(config, TempDir::new("state"), port, |o| {
+        o.upstream.direct_h1 = upstream == Client::Direct;
+        adjust(&mut o.upstream);
+    })
+    .await
 }
 
 /// The gateway's two HTTP/1.1 upstream clients: every case runs against both.
@@ -254,6 +267,7 @@ macro_rules! for_each_client {
 }
 
 for_each_client!(
+    pool_size_and_idle_timeout_are_honoured,
     large_bodies_in_large_writes_arrive_whole_and_the_connection_is_reused,
     chunked_with_content_length_gives_502_or_the_chunked_body,
     backend_connection_is_reused_after_a_chunked_response_with_trailers,
@@ -720,6 +734,30 @@ async fn large_bodies_in_large_writes_arrive_whole_and_the_connection_is_reused(
         assert!(resp.body == expected, "{path}: the body bytes differ");
     }
     assert_eq!(backend.conns(), vec![0, 0, 0], "each body ended cleanly, so the connection was reused");
+    gw.gateway.stop().await;
+}
+
+/// `--upstream-max-idle 0` pools nothing; `--upstream-idle-timeout` retires a pooled connection
+/// that waited longer, and only that one.
+async fn pool_size_and_idle_timeout_are_honoured(upstream: Client) {
+    let backend = ScriptedBackend::start(|req| ok(req.target())).await;
+    let gw = gateway_to_with(upstream, &[("/", &backend)], |o| o.max_idle_per_endpoint = 0).await;
+    let client = TestClient::http1();
+    for path in ["/a", "/b", "/c"] {
+        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
+        assert_eq!((resp.status, resp.text().as_str()), (200, path));
+    }
+    assert_eq!(backend.conns(), vec![0, 1, 2], "no connection was kept");
+    gw.gateway.stop().await;
+
+    let backend = ScriptedBackend::start(|req| ok(req.target())).await;
+    let gw = gateway_to_with(upstream, &[("/", &backend)], |o| o.idle_timeout = Duration::from_millis(150)).await;
+    for (path, pause) in [("/a", 0), ("/b", 0), ("/c", 400), ("/d", 0)] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
+        assert_eq!((resp.status, resp.text().as_str()), (200, path));
+    }
+    assert_eq!(backend.conns(), vec![0, 0, 1, 1], "reused while fresh, replaced after the idle timeout");
     gw.gateway.stop().await;
 }
 
