@@ -341,12 +341,12 @@ fn write_token(
                 _ => None,
             };
             let cookie = set_cookie(&CookieAttrs { name, path, secure: ctx.https, max_age_secs: max_age }, &token);
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
+            if let Ok(v) = owned_header_value(cookie) {
                 headers.append(header::SET_COOKIE, v);
             }
         }
         SessionCarrier::Header { name } => {
-            if let Ok(v) = HeaderValue::from_str(&token) {
+            if let Ok(v) = owned_header_value(token) {
                 headers.insert(name.clone(), v);
             }
         }
@@ -367,7 +367,17 @@ fn join_cookie_fields(headers: &mut HeaderMap) {
     }
 }
 
+/// A header value that takes `text`'s allocation instead of copying it.
+fn owned_header_value(text: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text.into_bytes()))
+}
+
 fn keep_out_of_shared_caches(headers: &mut HeaderMap) {
+    // The usual case: the backend sent no Cache-Control.
+    if let http::header::Entry::Vacant(slot) = headers.entry(header::CACHE_CONTROL) {
+        slot.insert(HeaderValue::from_static("private"));
+        return;
+    }
     let directives: Vec<String> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
