@@ -20,7 +20,7 @@ use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::upstream::Upstreams;
+use crate::upstream::{Forwarded, Upstreams};
 
 /// The largest response head accepted (hyper's client allows about the same).
 const MAX_HEAD_BYTES: usize = 400 * 1024;
@@ -118,8 +118,8 @@ impl DirectConn {
         std::mem::swap(&mut self.write_buf, &mut other.write_buf);
     }
 
-    /// Encodes the request head into this connection's write buffer.
-    pub fn encode_request(&mut self, parts: &http::request::Parts) {
+    /// Encodes the request head into this connection's write buffer, the X-Forwarded-* fields last.
+    pub fn encode_request(&mut self, parts: &http::request::Parts, forwarded: &Forwarded) {
         let out = &mut self.write_buf;
         out.clear();
         out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -132,6 +132,11 @@ impl DirectConn {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(forwarded.forwarded_for.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(forwarded.proto().as_bytes());
+        out.extend_from_slice(b"\r\n");
         // A method that defines a meaning for content says "no content" explicitly (RFC 9110 8.6).
         if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
             && !parts.headers.contains_key(header::CONTENT_LENGTH)

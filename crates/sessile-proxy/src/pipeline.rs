@@ -20,7 +20,7 @@ use crate::limits::{Limits, Refusal, RequestBody, check_request};
 use crate::metrics::EndpointLabels;
 use crate::session::{self, Choice, SessionFlag};
 use crate::state::Shared;
-use crate::upstream::{Exchange, UpstreamBody, Upstreams};
+use crate::upstream::{Exchange, Forwarded, UpstreamBody, Upstreams};
 
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -272,7 +272,7 @@ async fn proxy(
     }
     let body_over_limit = req.body().over_limit();
     let version = req.version();
-    let upstream_req = match upstream_request(
+    let (upstream_req, forwarded) = match upstream_request(
         ctx,
         req,
         authority,
@@ -284,7 +284,7 @@ async fn proxy(
         Ok(r) => r,
         Err(message) => return local(StatusCode::BAD_REQUEST, message),
     };
-    let sent = ctx.upstreams.send(decision.target.addr, conn, upstream_req, upgrade.is_none());
+    let sent = ctx.upstreams.send(decision.target.addr, conn, upstream_req, forwarded, upgrade.is_none());
     let result = match rule.timeouts.backend_request {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
@@ -449,6 +449,8 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 struct Noted {
     /// An `X-Forwarded-For` field was present (it may have been removed as one the Connection header named).
     forwarded_for: bool,
+    /// An `X-Forwarded-Proto` field was present.
+    forwarded_proto: bool,
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -464,6 +466,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
         match name.as_str() {
             "te" => te = true,
             "x-forwarded-for" => noted.forwarded_for = true,
+            "x-forwarded-proto" => noted.forwarded_proto = true,
             "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -529,7 +532,7 @@ fn upstream_request(
     new_path: Option<&str>,
     protocol: sessile_core::UpstreamProtocol,
     upgrade: Option<&str>,
-) -> Result<Request<RequestBody>, &'static str> {
+) -> Result<(Request<RequestBody>, Forwarded), &'static str> {
     let (mut parts, body) = req.into_parts();
     let noted = strip_hop_by_hop(&mut parts.headers);
     let bad = |_| "invalid request target\n";
@@ -576,20 +579,20 @@ fn upstream_request(
     } else {
         Vec::new()
     };
-    let xff = if prev.is_empty() {
+    let forwarded_for = if prev.is_empty() {
         // The common case: the connection's peer address, formatted once per connection.
-        Some(ctx.peer_ip.clone())
+        ctx.peer_ip.clone()
     } else {
-        HeaderValue::from_str(&format!("{}, {}", prev.join(", "), ctx.peer.ip())).ok()
+        let joined = HeaderValue::from_str(&format!("{}, {}", prev.join(", "), ctx.peer.ip()));
+        parts.headers.remove("x-forwarded-for");
+        joined.unwrap_or_else(|_| ctx.peer_ip.clone())
     };
-    if let Some(v) = xff {
-        parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    if noted.forwarded_proto {
+        // The client's claim is replaced by what this hop saw.
+        parts.headers.remove("x-forwarded-proto");
     }
-    parts.headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if ctx.https { "https" } else { "http" }),
-    );
-    Ok(Request::from_parts(parts, body))
+    let forwarded = Forwarded { forwarded_for, https: ctx.https };
+    Ok((Request::from_parts(parts, body), forwarded))
 }
 
 fn redirect<B>(

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -50,6 +51,27 @@ impl Default for UpstreamOptions {
             idle_timeout: Duration::from_secs(90),
             direct_h1: true,
         }
+    }
+}
+
+/// The X-Forwarded-* fields the gateway adds to every request towards a backend. Each client
+/// adds them its own way: the direct one writes them after the request's fields (no insert into
+/// a full header map, which grows and rehashes it), hyper's clients insert them.
+pub struct Forwarded {
+    /// The whole `X-Forwarded-For` value (earlier hops, then the client's address).
+    pub forwarded_for: HeaderValue,
+    pub https: bool,
+}
+
+impl Forwarded {
+    pub fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.https { "https" } else { "http" })
+    }
+
+    fn insert_into(self, headers: &mut http::HeaderMap) {
+        let proto = self.proto();
+        headers.insert(HeaderName::from_static("x-forwarded-for"), self.forwarded_for);
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), proto);
     }
 }
 
@@ -180,12 +202,14 @@ impl Upstreams {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
+        forwarded: Forwarded,
         reusable: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match conn {
-            Conn::Direct(conn) => self.exchange(addr, conn, req).await,
+            Conn::Direct(conn) => self.exchange(addr, conn, req, &forwarded).await,
             Conn::H1(mut sender) => {
+                forwarded.insert_into(req.headers_mut());
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
                 let mut release = reusable.then(|| Release { pool: self.clone(), addr, sender });
                 if resp.body().is_end_stream()
@@ -196,6 +220,7 @@ impl Upstreams {
                 Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release }, deadline: None }))
             }
             Conn::H2(mut sender) => {
+                forwarded.insert_into(req.headers_mut());
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
                 Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release: None }, deadline: None }))
             }
@@ -208,9 +233,10 @@ impl Upstreams {
         addr: SocketAddr,
         mut conn: Box<DirectConn>,
         req: Request<RequestBody>,
+        forwarded: &Forwarded,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (parts, _) = req.into_parts();
-        conn.encode_request(&parts);
+        conn.encode_request(&parts, forwarded);
         let (head, framing) = match conn.round_trip(&parts.method).await {
             Ok(r) => r,
             Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && parts.method.is_idempotent() => {
