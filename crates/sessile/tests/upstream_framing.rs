@@ -288,6 +288,12 @@ for_each_client!(
     h2_request_reaches_the_backend_as_http1_with_one_joined_cookie,
 );
 
+/// Sends `GET path` and checks the answer is `200` with exactly `body`.
+async fn expect_ok(client: &TestClient, gw: &TestGateway, path: &str, body: &str) {
+    let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
+    assert_eq!((resp.status, resp.text().as_str()), (200, body), "GET {path}");
+}
+
 // ---- Raw client side ---------------------------------------------------------------------------
 
 /// Whether `resp` is delimited by its own framing (not by the end of the stream).
@@ -340,8 +346,7 @@ async fn chunked_response_with_extensions_in_split_writes_is_decoded_and_the_con
     let resp = client.send(TestRequest::get(gw.url("/chunked"))).await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "hello world0123456789", "chunk extensions and split size lines are decoded");
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "second"));
+    expect_ok(&client, &gw, "/next", "second").await;
 
     assert_eq!(backend.conns(), vec![0, 0], "both requests on one backend connection");
     assert_eq!(backend.connections(), 1);
@@ -369,10 +374,8 @@ async fn chunked_response_with_trailers_is_intact_and_the_next_request_succeeds(
     let gw = gateway_to(upstream, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/trailers"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "body-intact"));
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after-trailers"));
+    expect_ok(&client, &gw, "/trailers", "body-intact").await;
+    expect_ok(&client, &gw, "/next", "after-trailers").await;
     assert_eq!(backend.seen().len(), 2);
     gw.gateway.stop().await;
 }
@@ -382,10 +385,8 @@ async fn backend_connection_is_reused_after_a_chunked_response_with_trailers(ups
     let gw = gateway_to(upstream, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/trailers"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "body-intact"));
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after-trailers"));
+    expect_ok(&client, &gw, "/trailers", "body-intact").await;
+    expect_ok(&client, &gw, "/next", "after-trailers").await;
     assert_eq!(backend.conns(), vec![0, 0], "the trailer section was consumed and the connection reused");
     gw.gateway.stop().await;
 }
@@ -408,8 +409,7 @@ async fn close_delimited_response_is_read_to_the_end_and_the_next_request_connec
     let resp = client.send(TestRequest::get(gw.url("/eof"))).await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), expected, "the whole body up to the backend's close");
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "fresh"));
+    expect_ok(&client, &gw, "/next", "fresh").await;
 
     assert_eq!(backend.conns(), vec![0, 1], "a close-delimited connection is never reused");
     gw.gateway.stop().await;
@@ -432,8 +432,7 @@ async fn head_response_with_content_length_has_no_body_and_the_connection_is_reu
     assert!(resp.body.is_empty());
 
     // Had the gateway waited for 100 body bytes, this GET would not be answered on connection 0.
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after-head"));
+    expect_ok(&client, &gw, "/next", "after-head").await;
     assert_eq!(backend.conns(), vec![0, 0]);
     gw.gateway.stop().await;
 }
@@ -453,15 +452,13 @@ async fn no_content_and_not_modified_have_no_body_and_the_connection_is_reused(u
     assert_eq!(resp.status, 204);
     assert_eq!(resp.header("x-kind"), Some("none"));
     assert!(resp.body.is_empty());
-    let resp = client.send(TestRequest::get(gw.url("/a"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after /a"));
+    expect_ok(&client, &gw, "/a", "after /a").await;
 
     let resp = client.send(TestRequest::get(gw.url("/304")).header("if-none-match", "\"v1\"")).await.unwrap();
     assert_eq!(resp.status, 304);
     assert_eq!(resp.header("etag"), Some("\"v1\""));
     assert!(resp.body.is_empty());
-    let resp = client.send(TestRequest::get(gw.url("/b"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after /b"));
+    expect_ok(&client, &gw, "/b", "after /b").await;
 
     assert_eq!(backend.conns(), vec![0, 0, 0, 0], "four exchanges on one backend connection");
     gw.gateway.stop().await;
@@ -484,8 +481,7 @@ async fn interim_responses_are_skipped_and_the_final_response_arrives(upstream: 
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-final"), Some("yes"));
     assert_eq!(resp.text(), "final");
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "after-interim"));
+    expect_ok(&client, &gw, "/next", "after-interim").await;
     assert_eq!(backend.conns(), vec![0, 0]);
     gw.gateway.stop().await;
 }
@@ -500,10 +496,8 @@ async fn connection_close_response_is_delivered_and_the_connection_not_reused(up
     let gw = gateway_to(upstream, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/close"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "closing"));
-    let resp = client.send(TestRequest::get(gw.url("/next"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "reopened"));
+    expect_ok(&client, &gw, "/close", "closing").await;
+    expect_ok(&client, &gw, "/next", "reopened").await;
     assert_eq!(backend.conns(), vec![0, 1], "no request follows `Connection: close` on that connection");
     gw.gateway.stop().await;
 }
@@ -642,8 +636,7 @@ async fn bytes_beyond_content_length_never_answer_the_next_request(upstream: Cli
     let gw = gateway_to(upstream, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/overlong"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "hello"));
+    expect_ok(&client, &gw, "/overlong", "hello").await;
     for path in ["/next", "/after"] {
         let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
         assert_eq!((resp.status, resp.text()), (200, format!("honest {path}")));
@@ -663,11 +656,9 @@ async fn stale_pooled_connection_closed_by_the_backend_is_not_used(upstream: Cli
     let gw = gateway_to(upstream, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/one"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "first /one"));
+    expect_ok(&client, &gw, "/one", "first /one").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = client.send(TestRequest::get(gw.url("/two"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "new /two"));
+    expect_ok(&client, &gw, "/two", "new /two").await;
     assert_eq!(backend.conns(), vec![0, 1]);
     gw.gateway.stop().await;
 }
@@ -744,8 +735,7 @@ async fn pool_size_and_idle_timeout_are_honoured(upstream: Client) {
     let gw = gateway_to_with(upstream, &[("/", &backend)], |o| o.max_idle_per_endpoint = 0).await;
     let client = TestClient::http1();
     for path in ["/a", "/b", "/c"] {
-        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
-        assert_eq!((resp.status, resp.text().as_str()), (200, path));
+        expect_ok(&client, &gw, path, path).await;
     }
     assert_eq!(backend.conns(), vec![0, 1, 2], "no connection was kept");
     gw.gateway.stop().await;
@@ -754,8 +744,7 @@ async fn pool_size_and_idle_timeout_are_honoured(upstream: Client) {
     let gw = gateway_to_with(upstream, &[("/", &backend)], |o| o.idle_timeout = Duration::from_millis(150)).await;
     for (path, pause) in [("/a", 0), ("/b", 0), ("/c", 400), ("/d", 0)] {
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let resp = client.send(TestRequest::get(gw.url(path))).await.unwrap();
-        assert_eq!((resp.status, resp.text().as_str()), (200, path));
+        expect_ok(&client, &gw, path, path).await;
     }
     assert_eq!(backend.conns(), vec![0, 0, 1, 1], "reused while fresh, replaced after the idle timeout");
     gw.gateway.stop().await;
@@ -855,8 +844,7 @@ async fn a_pooled_connection_closed_unanswered_resends_idempotent_requests_only(
     let gw = gateway_to(Client::Direct, &[("/", &backend)]).await;
     let client = TestClient::http1();
 
-    let resp = client.send(TestRequest::get(gw.url("/warm"))).await.unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (200, "warm"));
+    expect_ok(&client, &gw, "/warm", "warm").await;
     let resp = client.send(TestRequest::get(gw.url("/again"))).await.unwrap();
     assert_eq!((resp.status, resp.text().as_str()), (200, "new /again"), "the GET went out again on a new connection");
     assert_eq!(backend.conns(), vec![0, 0, 1]);
