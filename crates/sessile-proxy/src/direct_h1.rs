@@ -154,6 +154,9 @@ impl DirectConn {
         if !self.read_buf.is_empty() {
             return Err(ExchangeError::Invalid("bytes after the previous response"));
         }
+        if self.read_buf.capacity() == 0 {
+            self.read_buf = hot_buffer();
+        }
         if let Err(e) = self.stream.write_all(&self.write_buf).await {
             return Err(if reused { ExchangeError::ClosedBeforeResponse(e) } else { ExchangeError::Io(e) });
         }
@@ -389,6 +392,29 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+thread_local! {
+    /// Read buffers of idle connections, most recently used last: the next exchange on this
+    /// thread reads into one the CPU touched moments ago instead of its connection's own, which
+    /// has gone cold while the connection sat in the pool.
+    static HOT_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+const HOT_BUFFERS_KEPT: usize = 16;
+
+fn hot_buffer() -> BytesMut {
+    HOT_BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn recycle(mut buf: BytesMut) {
+    buf.clear();
+    HOT_BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < HOT_BUFFERS_KEPT {
+            b.push(buf);
+        }
+    });
+}
+
 /// What the chunked decoder produced from the buffered bytes.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
@@ -549,6 +575,7 @@ impl DirectBody {
         {
             conn.idle_since = Instant::now();
             conn.body_read = READ_RESERVE;
+            recycle(std::mem::take(&mut conn.read_buf));
             pool.give_back_direct(addr, conn);
         }
     }
