@@ -150,13 +150,11 @@ impl DirectConn {
     pub async fn round_trip(&mut self, method: &Method) -> Result<(Response<()>, Framing), ExchangeError> {
         let reused = self.served > 0;
         self.served += 1;
-        // Bytes left from an earlier response mean the stream is out of step: never parse them.
-        if !self.read_buf.is_empty() {
-            return Err(ExchangeError::Invalid("bytes after the previous response"));
-        }
-        if self.read_buf.capacity() == 0 {
-            self.read_buf = hot_buffer();
-        }
+        // A connection has no read buffer here: a new one never had one, and a pooled one gave
+        // its (empty) buffer back when its last body ended (`DirectBody::finish` pools only
+        // connections with nothing left over, so the stream is in step).
+        debug_assert!(self.read_buf.is_empty());
+        self.read_buf = hot_buffer();
         if let Err(e) = self.stream.write_all(&self.write_buf).await {
             return Err(if reused { ExchangeError::ClosedBeforeResponse(e) } else { ExchangeError::Io(e) });
         }
