@@ -200,22 +200,22 @@ pub enum BodyFraming {
 
 const INLINE_FIELDS: usize = 24;
 
-/// The header names of the connection's last response by position, with their spelling on the
-/// wire: a backend sends the same names in the same order, and comparing the bytes costs a tenth
+/// The header names of the connection's last message by position, with their spelling on the
+/// wire: a peer sends the same names in the same order, and comparing the bytes costs a tenth
 /// of `HeaderName::from_bytes` (which lowercases and classifies every name).
 #[derive(Default)]
-struct NameCache {
+pub(crate) struct NameCache {
     slots: Vec<(Box<[u8]>, HeaderName)>,
 }
 
 impl NameCache {
-    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, ExchangeError> {
+    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, &'static str> {
         if let Some((spelled, name)) = self.slots.get(position)
             && **spelled == *raw
         {
             return Ok(name.clone());
         }
-        let name = HeaderName::from_bytes(raw).map_err(|_| ExchangeError::Invalid("header name"))?;
+        let name = HeaderName::from_bytes(raw).map_err(|_| "header name")?;
         if position < INLINE_FIELDS {
             let slot = (Box::from(raw), name.clone());
             if position < self.slots.len() {
@@ -228,13 +228,67 @@ impl NameCache {
     }
 }
 
-/// Where one header field's name and value sit in the response head (it is under 4 GiB).
+/// Where one header field's name and value sit in a message head (it is under 4 GiB).
 #[derive(Clone, Copy, Default)]
 struct FieldAt {
     name: u32,
     name_len: u32,
     value: u32,
     value_len: u32,
+}
+
+/// The offsets of a parsed head's fields, so the values can share the head's bytes once it is
+/// split off the read buffer. Most heads fit the inline array (zeroing 100 slots cost ~1,500
+/// instructions per message); larger ones spill to the heap.
+pub(crate) struct Fields {
+    inline: [FieldAt; INLINE_FIELDS],
+    spilled: Vec<FieldAt>,
+    count: usize,
+}
+
+impl Fields {
+    /// Records `headers`, parsed by httparse out of `buf`.
+    pub(crate) fn record(buf: &[u8], headers: &[httparse::Header<'_>]) -> Fields {
+        let base = buf.as_ptr() as usize;
+        let at = |h: &httparse::Header<'_>| FieldAt {
+            name: (h.name.as_ptr() as usize - base) as u32,
+            name_len: h.name.len() as u32,
+            value: (h.value.as_ptr() as usize - base) as u32,
+            value_len: h.value.len() as u32,
+        };
+        let mut fields =
+            Fields { inline: [FieldAt::default(); INLINE_FIELDS], spilled: Vec::new(), count: headers.len() };
+        if headers.len() <= INLINE_FIELDS {
+            for (slot, h) in fields.inline.iter_mut().zip(headers) {
+                *slot = at(h);
+            }
+        } else {
+            fields.spilled = headers.iter().map(at).collect();
+        }
+        fields
+    }
+
+    /// The header map of `head` (the bytes the fields were recorded from), its values sharing
+    /// them; `note` sees every field as it is added. `room` extra fields fit without growing.
+    pub(crate) fn header_map(
+        &self,
+        head: &Bytes,
+        names: &mut NameCache,
+        room: usize,
+        mut note: impl FnMut(&HeaderName, &HeaderValue) -> Result<(), &'static str>,
+    ) -> Result<HeaderMap, &'static str> {
+        let mut headers = HeaderMap::with_capacity(self.count + room);
+        let fields = if self.count <= INLINE_FIELDS { &self.inline[..self.count] } else { &self.spilled[..] };
+        for (i, f) in fields.iter().enumerate() {
+            let (name, value) = (f.name as usize, f.value as usize);
+            let name = names.name(i, &head[name..name + f.name_len as usize])?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
+                .map_err(|_| "header value")?;
+            note(&name, &value)?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// Parses one response head from the front of `buf`; `None` when incomplete. Interim (1xx)
@@ -245,12 +299,7 @@ fn parse_response_head(
     names: &mut NameCache,
 ) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
     loop {
-        // Offsets of each name and value in the head, so the values can share its bytes once it is
-        // split off. Most heads fit the array on the stack (zeroing 100 slots cost ~1,500
-        // instructions per response); larger ones spill to `spilled`.
-        let mut inline = [FieldAt::default(); INLINE_FIELDS];
-        let mut spilled = Vec::new();
-        let (len, code, minor, count, reason) = {
+        let (len, code, minor, fields, reason) = {
             let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
             let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -263,26 +312,12 @@ fn parse_response_head(
                 Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Invalid("too many header fields")),
                 Err(_) => return Err(ExchangeError::Invalid("malformed response head")),
             };
-            let base = buf.as_ptr() as usize;
-            let at = |h: &httparse::Header<'_>| FieldAt {
-                name: (h.name.as_ptr() as usize - base) as u32,
-                name_len: h.name.len() as u32,
-                value: (h.value.as_ptr() as usize - base) as u32,
-                value_len: h.value.len() as u32,
-            };
-            if resp.headers.len() <= INLINE_FIELDS {
-                for (slot, h) in inline.iter_mut().zip(resp.headers.iter()) {
-                    *slot = at(h);
-                }
-            } else {
-                spilled = resp.headers.iter().map(at).collect();
-            }
             let code = resp.code.unwrap_or(0);
             let reason = resp
                 .reason
                 .filter(|r| StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).is_none_or(|c| c != *r));
             let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
-            (len, code, resp.version.unwrap_or(1), resp.headers.len(), reason)
+            (len, code, resp.version.unwrap_or(1), Fields::record(buf, resp.headers), reason)
         };
         let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -293,19 +328,12 @@ fn parse_response_head(
             continue;
         }
         let head = buf.split_to(len).freeze();
+        let mut delimiting = Delimiting::default();
         // Room for what the response phase adds (Set-Cookie, Cache-Control, filters) without
         // growing and rehashing the map (~1,500 instructions when it did).
-        let mut headers = HeaderMap::with_capacity(count + 4);
-        let fields = if count <= INLINE_FIELDS { &inline[..count] } else { &spilled[..] };
-        let mut delimiting = Delimiting::default();
-        for (i, f) in fields.iter().enumerate() {
-            let (name, value) = (f.name as usize, f.value as usize);
-            let name = names.name(i, &head[name..name + f.name_len as usize])?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
-                .map_err(|_| ExchangeError::Invalid("header value"))?;
-            delimiting.note(&name, &value)?;
-            headers.append(name, value);
-        }
+        let mut headers = fields
+            .header_map(&head, names, 4, |name, value| delimiting.note(name, value))
+            .map_err(ExchangeError::Invalid)?;
         let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
         let framing = response_framing(method, status, version, delimiting, &mut headers)?;
         let mut resp = Response::new(());
@@ -328,20 +356,19 @@ struct Delimiting {
 }
 
 impl Delimiting {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), &'static str> {
         if *name == header::CONTENT_LENGTH {
             for part in value.as_bytes().split(|b| *b == b',') {
-                let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("content-length"))?;
+                let n = parse_decimal(part.trim_ascii()).ok_or("content-length")?;
                 if self.content_length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::Invalid("conflicting content-length values"));
+                    return Err("conflicting content-length values");
                 }
                 self.content_length = Some(n);
             }
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if *name == header::CONNECTION {
-            self.connection_close |=
-                value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            self.connection_close |= has_token(value.as_bytes(), b"close");
         }
         Ok(())
     }
@@ -383,7 +410,12 @@ fn response_framing(
     })
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+/// Whether a comma-separated field value lists `token` (case-insensitively).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

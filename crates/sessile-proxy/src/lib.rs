@@ -6,6 +6,7 @@ pub mod admin;
 pub mod direct_h1;
 pub mod error;
 pub mod explain;
+pub mod h1_server;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -173,7 +173,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The downstream request body: enforces the body limit as data arrives and keeps the request
 /// counted in flight on its connection until it is dropped.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: a request that has no body (served by `h1_server`, which never reads one).
+    inner: Option<Incoming>,
     remaining: u64,
     /// Set once the body went over its limit; only bodies with a limit have one (no allocation
     /// per request otherwise).
@@ -184,7 +185,12 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>, token: Option<Arc<RequestToken>>) -> RequestBody {
         let over = limit.map(|_| Arc::default());
-        RequestBody { inner, remaining: limit.unwrap_or(u64::MAX), over, _token: token }
+        RequestBody { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX), over, _token: token }
+    }
+
+    /// The body of a request without one, keeping the request in flight until it is dropped.
+    pub fn empty(token: Arc<RequestToken>) -> RequestBody {
+        RequestBody { inner: None, remaining: 0, over: None, _token: Some(token) }
     }
 
     /// Becomes true once more body than allowed arrived (the body then fails); `None` without a limit.
@@ -202,7 +208,8 @@ impl Body for RequestBody {
         if this.over.as_ref().is_some_and(|o| o.load(Ordering::Relaxed)) {
             return Poll::Ready(Some(Err(BoxError::from("request body too large"))));
         }
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             other => return other.map_err(BoxError::from),
         };
@@ -220,11 +227,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -2,10 +2,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::h1_server;
 use crate::limits::{ConnTracker, Expiry, Limits, RequestBody, TrackedBody, TrackedIo};
 use crate::pipeline::{ConnContext, handle};
 use crate::state::Shared;
@@ -39,6 +43,9 @@ pub struct ServerOptions {
     /// HTTP/1.1 messages are written with `writev` straight from their head and body buffers,
     /// instead of copying each body into one buffer per `send` (docs/performance.md, "Tuning").
     pub h1_vectored_writes: bool,
+    /// HTTP/1.1 requests without a body are served by `h1_server` (the connection's own task);
+    /// `false` leaves every connection to hyper's server.
+    pub h1_direct_server: bool,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +55,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             h1_vectored_writes: false,
+            h1_direct_server: true,
         }
     }
 }
@@ -56,6 +64,7 @@ impl Default for ServerOptions {
 struct ConnShared {
     limits: Arc<Limits>,
     h1_vectored_writes: bool,
+    h1_direct_server: bool,
     /// One permit per open downstream connection.
     slots: Arc<Semaphore>,
     /// Bounds the tasks that answer refused connections.
@@ -110,6 +119,7 @@ impl Server {
             refusals: Arc::new(Semaphore::new(64)),
             limits: Arc::new(limits),
             h1_vectored_writes: self.opts.h1_vectored_writes,
+            h1_direct_server: self.opts.h1_direct_server,
             shutdown: CancellationToken::new(),
             serving: std::sync::atomic::AtomicUsize::new(0),
             drained: Notify::new(),
@@ -271,7 +281,8 @@ async fn accept_loop(
             ListenerProtocol::Http => {
                 let ctx = context(None);
                 let io = TrackedIo::new(stream, tracker.clone(), permit);
-                tokio::spawn(serve_connection(builder, io, ctx, tracker, Serving::new(&graceful)));
+                let direct = graceful.h1_direct_server;
+                tokio::spawn(serve_connection(builder, io, ctx, tracker, Serving::new(&graceful), direct));
             }
             ListenerProtocol::Https => {
                 let Some(acceptor) = tls.load_full().as_ref().clone() else { continue };
@@ -281,9 +292,11 @@ async fn accept_loop(
                     let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
                         return;
                     };
-                    let ctx = context(stream.get_ref().1.server_name().map(str::to_ascii_lowercase));
+                    let tls = stream.get_ref().1;
+                    let ctx = context(tls.server_name().map(str::to_ascii_lowercase));
+                    let direct = serving.0.h1_direct_server && tls.alpn_protocol() != Some(b"h2");
                     let io = TrackedIo::new(stream, tracker.clone(), permit);
-                    serve_connection(builder, io, ctx, tracker, serving).await;
+                    serve_connection(builder, io, ctx, tracker, serving, direct).await;
                 });
             }
         }
@@ -314,21 +327,77 @@ fn connection_builder(limits: &Limits, vectored_writes: bool) -> auto::Builder<T
     builder
 }
 
-/// Serves one connection until it ends, the server shuts down, or a timeout closes it.
+/// Serves one connection until it ends, the server shuts down, or a timeout closes it. `direct`:
+/// HTTP/1.1 requests without a body are served by `h1_server` until one needs hyper's server.
 async fn serve_connection<T>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: TrackedIo<T>,
     ctx: Arc<ConnContext>,
     tracker: Arc<ConnTracker>,
     serving: Serving,
+    direct: bool,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let shared = serving.0.clone();
     let limits = shared.limits.clone();
-    let service_tracker = tracker.clone();
+    // Asks the connection to finish its request in flight and close (shutdown, idle timeout).
+    let graceful = CancellationToken::new();
+    let conn = drive_connection(builder, io, ctx, tracker.clone(), graceful.clone(), direct);
+    tokio::pin!(conn);
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let fallback = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = shared.shutdown.cancelled(), if closing.is_none() => {
+                graceful.cancel();
+                // Requests in flight finish; the server's shutdown grace bounds them.
+                closing = Some(tokio::time::Instant::now() + Duration::from_secs(24 * 3600));
+            }
+            expiry = tracker.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
+                match expiry {
+                    // The head is late (slowloris): close now.
+                    Expiry::HeaderRead => break,
+                    // Idle: close between requests; a request caught arriving gets its answer.
+                    Expiry::Idle => {
+                        graceful.cancel();
+                        closing = Some(tokio::time::Instant::now() + limits.header_read_timeout);
+                    }
+                }
+            }
+            _ = fallback => break,
+        }
+    }
+    drop(serving);
+}
+
+/// The connection's protocol work: `h1_server` first when `direct`, then hyper's server (HTTP/1.1
+/// with upgrades, h2c, HTTP/2) over the bytes `h1_server` read and did not consume.
+async fn drive_connection<T>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut io: TrackedIo<T>,
+    ctx: Arc<ConnContext>,
+    tracker: Arc<ConnTracker>,
+    graceful: CancellationToken,
+    direct: bool,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut read_ahead = Bytes::new();
+    if direct {
+        match h1_server::serve(&mut io, &ctx, &tracker, &graceful).await {
+            h1_server::Served::Closed => return,
+            h1_server::Served::HandOff(bytes) => read_ahead = bytes,
+        }
+    }
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let (token, verdict) = service_tracker.begin_request(req.version());
+        let (token, verdict) = tracker.begin_request(req.version());
         let limit = ctx.limits.max_request_body;
         let mut req = req.map(|body| RequestBody::new(body, limit, Some(token.clone())));
         if let Some(v) = verdict {
@@ -342,38 +411,61 @@ async fn serve_connection<T>(
             Ok::<_, std::convert::Infallible>(resp.map(|body| TrackedBody::new(body, token)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read_ahead, io }), service);
     tokio::pin!(conn);
-    let mut closing: Option<tokio::time::Instant> = None;
-    loop {
-        let fallback = async {
-            match closing {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = shared.shutdown.cancelled(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                // Requests in flight finish; the server's shutdown grace bounds them.
-                closing = Some(tokio::time::Instant::now() + Duration::from_secs(24 * 3600));
-            }
-            expiry = tracker.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
-                match expiry {
-                    // The head is late (slowloris): close now.
-                    Expiry::HeaderRead => break,
-                    // Idle: close between requests; a request caught arriving gets its answer.
-                    Expiry::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now() + limits.header_read_timeout);
-                    }
-                }
-            }
-            _ = fallback => break,
-        }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = graceful.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    drop(serving);
+    let _ = conn.await;
+}
+
+/// A connection's byte stream with bytes already read from it put back in front.
+struct Rewind<T> {
+    read_ahead: Bytes,
+    io: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read_ahead.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.read_ahead.len().min(buf.remaining());
+        buf.put_slice(&this.read_ahead.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Refuses a connection beyond `max_connections`: HTTP listeners answer 503 and close; HTTPS

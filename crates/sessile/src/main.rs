@@ -83,6 +83,11 @@ struct ServeArgs {
     /// client, as requests with a body always use).
     #[arg(long, value_parser = ["direct", "hyper"], default_value = "direct")]
     h1_upstream_client: String,
+    /// How HTTP/1.1 requests without a body are served: `direct` (the connection's own task
+    /// parses the head in place and writes the response; a request with a body, an upgrade or
+    /// HTTP/1.0 hands the connection to hyper) or `hyper` (hyper's server for every connection).
+    #[arg(long, value_parser = ["direct", "hyper"], default_value = "direct")]
+    h1_server: String,
     /// Time to connect to a backend endpoint before another endpoint is tried.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     upstream_connect_timeout: Duration,
@@ -239,6 +244,7 @@ impl From<ServeArgs> for run::ServeOptions {
                 ..sessile_proxy::Limits::default()
             },
             h1_vectored_writes: a.h1_vectored_writes,
+            h1_direct_server: a.h1_server == "direct",
             upstream: sessile_proxy::upstream::UpstreamOptions {
                 connect_timeout: a.upstream_connect_timeout,
                 max_idle_per_endpoint: a.upstream_max_idle,

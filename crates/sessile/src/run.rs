@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub limits: sessile_proxy::Limits,
     /// Write HTTP/1.1 messages with `writev` from their buffers (`--h1-vectored-writes`).
     pub h1_vectored_writes: bool,
+    /// Serve HTTP/1.1 requests without a body on the connection's own task (`--h1-server`).
+    pub h1_direct_server: bool,
     /// Upstream connections: connect timeout, pools, the HTTP/1.1 client (`--upstream-*`, `--h1-upstream-client`).
     pub upstream: sessile_proxy::upstream::UpstreamOptions,
 }
@@ -60,6 +62,7 @@ impl Default for ServeOptions {
             access_log_file: None,
             limits: sessile_proxy::Limits::default(),
             h1_vectored_writes: false,
+            h1_direct_server: true,
             upstream: sessile_proxy::upstream::UpstreamOptions::default(),
         }
     }
@@ -250,6 +253,7 @@ pub fn spawn_server(shared: &Arc<Shared>, opts: &ServeOptions, shutdown: &Cancel
         ServerOptions {
             limits: opts.limits.clone(),
             h1_vectored_writes: opts.h1_vectored_writes,
+            h1_direct_server: opts.h1_direct_server,
             upstream: opts.upstream.clone(),
             ..ServerOptions::default()
         },

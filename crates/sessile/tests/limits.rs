@@ -168,7 +168,7 @@ async fn slow_request_heads_are_cut_off_by_the_header_read_timeout() {
     assert!(silent >= Duration::from_millis(250) && silent < Duration::from_secs(2), "closed after {silent:?}");
     assert_eq!(b.hits(), 0);
     // On a keep-alive connection the timeout starts again at the next request's first byte.
-    let second = time_until_closed(gw.addr(), 2, b"GET / HT", b"X").await;
+    let second = time_until_closed(gw.addr(), 2, b"GET / HTTP/1.1\r\nHost: a\r\n", b"X-A: b\r\n").await;
     assert!(second >= Duration::from_millis(250) && second < Duration::from_secs(2), "closed after {second:?}");
     assert_eq!(b.hits(), 2);
     // A prompt client is unaffected.
