@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::direct_h1::{Fields, NameCache, has_token};
-use crate::limits::{ConnTracker, RequestBody};
+use crate::limits::{ConnTracker, HeadVerdict, RequestBody};
 use crate::pipeline::{ConnContext, LoggedResponseBody, handle};
 
 /// How a connection left this module.
@@ -58,21 +58,26 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = BytesMut::with_capacity(READ_RESERVE);
     let mut out = Vec::with_capacity(READ_RESERVE);
     let mut names = NameCache::default();
+    tracker.set_direct(true);
     // Registered once: the idle wait below polls it on every request.
     let shutdown = graceful.cancelled();
     tokio::pin!(shutdown);
     loop {
-        let (parts, client_close) = loop {
+        let (parts, client_close, verdict) = loop {
             if !buf.is_empty() {
                 match parse_request_head(&mut buf, &mut names, max_headers) {
-                    Head::Request { parts, close } => break (parts, close),
+                    Head::Request { parts, close, verdict } => break (parts, close, verdict),
                     Head::HandOff(head) => {
+                        tracker.set_direct(false);
                         let mut prefix = BytesMut::from(head);
                         prefix.extend_from_slice(&buf);
                         return Served::HandOff(prefix.freeze());
                     }
                     // hyper answers a head over its buffer limit with 431.
-                    Head::Incomplete if buf.len() >= max_head => return Served::HandOff(buf.freeze()),
+                    Head::Incomplete if buf.len() >= max_head => {
+                        tracker.set_direct(false);
+                        return Served::HandOff(buf.freeze());
+                    }
                     Head::Incomplete => {}
                 }
             }
@@ -94,7 +99,8 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             }
         };
 
-        let (token, verdict) = tracker.begin_request(Version::HTTP_11);
+        // The byte scanner is off here: the verdict is the parser's.
+        let (token, _) = tracker.begin_request(Version::HTTP_11);
         let mut req = Request::from_parts(parts, RequestBody::empty(token.clone()));
         if let Some(v) = verdict {
             req.extensions_mut().insert(v);
@@ -138,23 +144,60 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// What the front of the read buffer holds.
+// Returned once per request and taken apart at once: boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Head {
     Incomplete,
-    /// A bodiless HTTP/1.1 request, consumed from the buffer; `close`: the client asked to close.
+    /// A request consumed from the buffer: a bodiless HTTP/1.1 request, or an ambiguous head
+    /// (`verdict`) to be answered 400. `close`: the client asked to close (or it is ambiguous).
     Request {
         parts: request::Parts,
         close: bool,
+        verdict: Option<HeadVerdict>,
     },
     /// Anything else, for hyper's server; the head's bytes when they were consumed.
     HandOff(Bytes),
 }
 
-/// Parses the request head at the front of `buf`. Only requests this module serves in full are
-/// consumed: HTTP/1.1, origin-form target, no body (no Transfer-Encoding, Content-Length absent
-/// or 0), no upgrade, no `Expect`, not CONNECT, and a head hyper would also accept.
+/// The fields that decide who serves a request, noted while its header map is built.
+#[derive(Default)]
+struct Seen {
+    content_length: bool,
+    /// A Content-Length other than `0`.
+    body: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    expect: bool,
+    close: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        match *name {
+            header::CONTENT_LENGTH => {
+                self.content_length = true;
+                self.body |= value != b"0";
+            }
+            header::TRANSFER_ENCODING => self.transfer_encoding = true,
+            header::UPGRADE => self.upgrade = true,
+            header::EXPECT => self.expect = true,
+            header::CONNECTION => {
+                self.upgrade |= has_token(value, b"upgrade");
+                self.close |= has_token(value, b"close");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parses the request head at the front of `buf`. Consumed and served here: HTTP/1.1,
+/// origin-form target, no body (no Transfer-Encoding, Content-Length absent or 0), no upgrade,
+/// no `Expect`, not CONNECT; and any head with a line not ended by CRLF or with both
+/// Content-Length and Transfer-Encoding (answered 400: the checks `HeadScan` makes on heads
+/// hyper reads). Anything else goes to hyper untouched.
 fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, max_headers: usize) -> Head {
-    let (len, method, path, fields) = {
+    let (len, method, path, minor, fields, strict) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
         let mut req = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -166,42 +209,75 @@ fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, max_headers: us
             Ok(httparse::Status::Partial) => return Head::Incomplete,
             Err(_) => return Head::HandOff(Bytes::new()),
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
             return Head::HandOff(Bytes::new());
         };
-        let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Head::HandOff(Bytes::new()) };
-        if method == Method::CONNECT || !path.starts_with('/') {
-            return Head::HandOff(Bytes::new());
-        }
-        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
-        (len, method, start..start + path.len(), Fields::record(buf, req.headers))
+        let Ok(method_value) = Method::from_bytes(method.as_bytes()) else { return Head::HandOff(Bytes::new()) };
+        let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
+        let path = offset(path)..offset(path) + path.len();
+        let strict = strict_line_endings(&buf[..len], offset(method), path.end + " HTTP/1.1".len(), req.headers);
+        (len, method_value, path, minor, Fields::record(buf, req.headers), strict)
     };
     let head = buf.split_to(len).freeze();
-    let mut close = false;
+    let mut seen = Seen::default();
     let headers = fields.header_map(&head, names, 2, |name, value| {
-        let value = value.as_bytes();
-        match *name {
-            header::CONTENT_LENGTH if value != b"0" => Err("a body"),
-            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => Err("not served here"),
-            header::CONNECTION => {
-                if has_token(value, b"upgrade") {
-                    return Err("an upgrade");
-                }
-                close |= has_token(value, b"close");
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        seen.note(name, value.as_bytes());
+        Ok(())
     });
+    let origin_form = head[path.start] == b'/';
     let (Ok(headers), Ok(uri)) = (headers, Uri::from_maybe_shared(head.slice(path))) else {
         return Head::HandOff(head);
     };
+    let verdict = if !strict {
+        Some(HeadVerdict::BARE_LINE_ENDING)
+    } else if seen.content_length && seen.transfer_encoding {
+        Some(HeadVerdict::LENGTH_AND_TRANSFER_ENCODING)
+    } else {
+        None
+    };
+    let for_hyper = minor != 1
+        || method == Method::CONNECT
+        || !origin_form
+        || seen.body
+        || seen.transfer_encoding
+        || seen.upgrade
+        || seen.expect;
+    if verdict.is_none() && for_hyper {
+        return Head::HandOff(head);
+    }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    parts.version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     parts.headers = headers;
-    Head::Request { parts, close }
+    Head::Request { parts, close: seen.close || verdict.is_some(), verdict }
+}
+
+/// Whether every line of `head` (accepted by httparse) ends with CRLF: httparse also takes a
+/// bare LF, and skips empty lines before the request line, where a backend might not.
+fn strict_line_endings(
+    head: &[u8],
+    method_at: usize,
+    request_line_end: usize,
+    fields: &[httparse::Header<'_>],
+) -> bool {
+    let crlf_at = |i: usize| head.get(i..i + 2) == Some(b"\r\n".as_slice());
+    if !head[..method_at].chunks(2).all(|pair| pair == b"\r\n") || !crlf_at(request_line_end) {
+        return false;
+    }
+    let base = head.as_ptr() as usize;
+    fields.iter().all(|field| {
+        // After the value, or after the colon when it is empty; httparse leaves out trailing blanks.
+        let mut end = if field.value.is_empty() {
+            field.name.as_ptr() as usize - base + field.name.len() + 1
+        } else {
+            field.value.as_ptr() as usize - base + field.value.len()
+        };
+        while matches!(head.get(end), Some(b' ' | b'\t')) {
+            end += 1;
+        }
+        crlf_at(end)
+    }) && head.ends_with(b"\r\n\r\n")
 }
 
 /// How a response body is delimited on the wire.
@@ -420,7 +496,7 @@ mod tests {
     #[test]
     fn bodiless_http11_requests_are_parsed_in_place() {
         let (head, rest) = parse("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nCookie: s=1\r\nContent-Length: 0\r\n\r\nGET /next");
-        let Head::Request { parts, close } = head else { panic!("{head:?}") };
+        let Head::Request { parts, close, verdict: None } = head else { panic!("{head:?}") };
         assert_eq!(
             (parts.method, parts.uri.to_string(), parts.version),
             (Method::GET, "/a?b=1".into(), Version::HTTP_11)
@@ -431,8 +507,32 @@ mod tests {
         assert_eq!(&rest[..], b"GET /next", "a pipelined request stays buffered");
 
         let (head, _) = parse("HEAD / HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, Close\r\n\r\n");
-        assert!(matches!(head, Head::Request { close: true, .. }), "{head:?}");
+        assert!(matches!(head, Head::Request { close: true, verdict: None, .. }), "{head:?}");
         assert!(matches!(parse("GET / HTTP/1.1\r\nhost: x\r\n").0, Head::Incomplete));
+        let (head, _) = parse("\r\nGET / HTTP/1.1\r\nhost: x\r\nx-empty:\r\nx-blank: a \r\n\r\n");
+        assert!(matches!(head, Head::Request { verdict: None, .. }), "CRLF before the request line: {head:?}");
+    }
+
+    #[test]
+    fn ambiguous_heads_are_taken_and_judged_whatever_they_ask_for() {
+        let bare = HeadVerdict::BARE_LINE_ENDING.0;
+        let both = HeadVerdict::LENGTH_AND_TRANSFER_ENCODING.0;
+        for (text, reason) in [
+            ("GET / HTTP/1.1\nhost: x\r\n\r\n", bare),
+            ("GET / HTTP/1.1\r\nhost: x\n\r\n", bare),
+            ("GET / HTTP/1.1\r\nhost: x\r\nx-empty:\n\r\n", bare),
+            ("GET / HTTP/1.1\r\nhost: x\r\n\n", bare),
+            ("\nGET / HTTP/1.1\r\nhost: x\r\n\r\n", bare),
+            ("POST / HTTP/1.1\r\nhost: x\ncontent-length: 5\r\n\r\nhello", bare),
+            ("CONNECT x:443 HTTP/1.1\nhost: x\r\n\r\n", bare),
+            ("GET / HTTP/1.0\r\nhost: x\n\r\n", bare),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n", both),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n", both),
+        ] {
+            let (head, _) = parse(text);
+            let Head::Request { close: true, verdict: Some(v), .. } = head else { panic!("{text:?}: {head:?}") };
+            assert_eq!(v.0, reason, "{text:?}");
+        }
     }
 
     #[test]

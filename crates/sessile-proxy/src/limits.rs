@@ -162,9 +162,15 @@ fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
 }
 
-/// Set on a request whose HTTP/1 head the byte scanner found ambiguous (the reason).
+/// Set on a request whose HTTP/1 head the byte scanner (or `h1_server`'s parser) found
+/// ambiguous (the reason).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadVerdict(pub &'static str);
+
+impl HeadVerdict {
+    pub const BARE_LINE_ENDING: HeadVerdict = HeadVerdict(VERDICTS[1]);
+    pub const LENGTH_AND_TRANSFER_ENCODING: HeadVerdict = HeadVerdict(VERDICTS[2]);
+}
 
 // ---- Request body with a size limit ----------------------------------------------------------
 
@@ -254,6 +260,8 @@ pub struct ConnTracker {
     /// `(generation << 8) | reason index`; 0 when the scanned head was fine.
     verdict: AtomicU64,
     h2: AtomicBool,
+    /// `h1_server` parses the heads and checks them itself: the byte scanner is off.
+    direct: AtomicBool,
 }
 
 /// Which timeout ended a connection.
@@ -277,7 +285,18 @@ impl ConnTracker {
             head_expected: AtomicBool::new(false),
             verdict: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            direct: AtomicBool::new(false),
         })
+    }
+
+    /// `h1_server` serves the connection (`true`, at its start) or handed it to hyper (`false`,
+    /// before hyper reads the handed-over head, which `h1_server` checked): the byte scanner
+    /// starts again with the head after that one.
+    pub fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::SeqCst);
+        if !direct {
+            self.head_expected.store(false, Ordering::SeqCst);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -545,6 +564,11 @@ impl<T> TrackedIo<T> {
             }
         }
         t.on_read();
+        if t.direct.load(Ordering::Relaxed) {
+            // Until a hand-off, after which scanning starts with the head after the handed-over one.
+            self.scan.active = false;
+            return;
+        }
         if self.scan.active && t.started.load(Ordering::SeqCst) != self.scan.generation {
             // A request began while we thought its head was still arriving: out of step, stop.
             self.scan.active = false;

@@ -341,8 +341,10 @@ async fn serve_connection<T>(
 {
     let shared = serving.0.clone();
     let limits = shared.limits.clone();
-    // Asks the connection to finish its request in flight and close (shutdown, idle timeout).
-    let graceful = CancellationToken::new();
+    // Asks the connection to finish its request in flight and close: cancelled by the server's
+    // shutdown (a child token: no second wait polled on every wake-up; requests in flight finish
+    // within the server's shutdown grace) or the idle timeout.
+    let graceful = shared.shutdown.child_token();
     let conn = drive_connection(builder, io, ctx, tracker.clone(), graceful.clone(), direct);
     tokio::pin!(conn);
     let mut closing: Option<tokio::time::Instant> = None;
@@ -354,12 +356,8 @@ async fn serve_connection<T>(
             }
         };
         tokio::select! {
+            biased;
             _ = conn.as_mut() => break,
-            _ = shared.shutdown.cancelled(), if closing.is_none() => {
-                graceful.cancel();
-                // Requests in flight finish; the server's shutdown grace bounds them.
-                closing = Some(tokio::time::Instant::now() + Duration::from_secs(24 * 3600));
-            }
             expiry = tracker.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
                 match expiry {
                     // The head is late (slowloris): close now.
