@@ -355,7 +355,7 @@ fn encode_head(
         None => match body.size_hint().exact() {
             Some(n) if !no_length => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(n.to_string().as_bytes());
+                extend_with_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
                 Framing::Length(n)
             }
@@ -440,7 +440,10 @@ async fn write_response<T: AsyncWrite + Unpin>(
         body_bytes += data.len() as u64;
         match &framing {
             Framing::Length(n) if body_bytes > *n => return Err(io::Error::other("body longer than its length")),
-            Framing::Chunked(_) => out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes()),
+            Framing::Chunked(_) => {
+                extend_with_hex(out, data.len());
+                out.extend_from_slice(b"\r\n");
+            }
             _ => {}
         }
         if data.len() <= COPY_LIMIT {
@@ -463,6 +466,29 @@ async fn write_response<T: AsyncWrite + Unpin>(
     io.write_all(&out[sent..]).await?;
     out.clear();
     Ok(!close)
+}
+
+/// Appends `n` in decimal (no allocation, unlike formatting through `to_string`).
+fn extend_with_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `n` in lowercase hexadecimal (a chunk size).
+fn extend_with_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (shift * 4)) & 0xf]);
+    }
 }
 
 thread_local! {
@@ -602,6 +628,18 @@ mod tests {
 
         let (_, _, close) = head_of(response(200, &[("connection", "close")], "x"), false, false);
         assert!(close, "a Connection: close from the response phase closes");
+    }
+
+    #[test]
+    fn numbers_are_written_like_format_writes_them() {
+        for n in [0u64, 1, 9, 10, 15, 16, 255, 4096, 65535, 1 << 40, u64::MAX] {
+            let mut out = Vec::new();
+            extend_with_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+            let mut out = Vec::new();
+            extend_with_hex(&mut out, n as usize);
+            assert_eq!(out, format!("{n:x}").as_bytes());
+        }
     }
 
     #[test]
