@@ -355,7 +355,7 @@ fn encode_head(
         None => match body.size_hint().exact() {
             Some(n) if !no_length => {
                 out.extend_from_slice(b"content-length: ");
-                extend_with_decimal(out, n);
+                out.extend_from_slice(sessile_session::itoa(n, &mut [0u8; 20]).as_bytes());
                 out.extend_from_slice(b"\r\n");
                 Framing::Length(n)
             }
@@ -466,21 +466,6 @@ async fn write_response<T: AsyncWrite + Unpin>(
     io.write_all(&out[sent..]).await?;
     out.clear();
     Ok(!close)
-}
-
-/// Appends `n` in decimal (no allocation, unlike formatting through `to_string`).
-fn extend_with_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends `n` in lowercase hexadecimal (a chunk size).
@@ -631,11 +616,8 @@ mod tests {
     }
 
     #[test]
-    fn numbers_are_written_like_format_writes_them() {
+    fn chunk_sizes_are_written_like_format_writes_them() {
         for n in [0u64, 1, 9, 10, 15, 16, 255, 4096, 65535, 1 << 40, u64::MAX] {
-            let mut out = Vec::new();
-            extend_with_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().as_bytes());
             let mut out = Vec::new();
             extend_with_hex(&mut out, n as usize);
             assert_eq!(out, format!("{n:x}").as_bytes());

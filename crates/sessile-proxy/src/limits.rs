@@ -535,6 +535,8 @@ pub struct TrackedIo<T> {
     /// The connection's first bytes, to recognise the HTTP/2 preface.
     first: [u8; 14],
     first_len: usize,
+    /// Bytes read, seen, and put back by `h1_server` for hyper's server: read before the stream.
+    read_ahead: Bytes,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -542,7 +544,21 @@ impl<T> TrackedIo<T> {
     pub fn new(inner: T, tracker: Arc<ConnTracker>, permit: OwnedSemaphorePermit) -> Self {
         let mut scan = HeadScan::default();
         scan.start(0);
-        TrackedIo { inner, tracker, scan, prev: 0, first: [0; 14], first_len: 0, _permit: permit }
+        TrackedIo {
+            inner,
+            tracker,
+            scan,
+            prev: 0,
+            first: [0; 14],
+            first_len: 0,
+            read_ahead: Bytes::new(),
+            _permit: permit,
+        }
+    }
+
+    /// Puts back bytes already read (and seen), to be read again before the stream's next ones.
+    pub fn put_back(&mut self, bytes: Bytes) {
+        self.read_ahead = bytes;
     }
 
     pub fn get_ref(&self) -> &T {
@@ -589,6 +605,11 @@ impl<T> TrackedIo<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.read_ahead.is_empty() {
+            let n = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled

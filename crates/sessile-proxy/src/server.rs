@@ -2,13 +2,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -387,11 +384,10 @@ async fn drive_connection<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut read_ahead = Bytes::new();
     if direct {
         match h1_server::serve(&mut io, &ctx, &tracker, &graceful).await {
             h1_server::Served::Closed => return,
-            h1_server::Served::HandOff(bytes) => read_ahead = bytes,
+            h1_server::Served::HandOff(read_ahead) => io.put_back(read_ahead),
         }
     }
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -409,61 +405,13 @@ async fn drive_connection<T>(
             Ok::<_, std::convert::Infallible>(resp.map(|body| TrackedBody::new(body, token)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read_ahead, io }), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = graceful.cancelled() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
-}
-
-/// A connection's byte stream with bytes already read from it put back in front.
-struct Rewind<T> {
-    read_ahead: Bytes,
-    io: T,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.read_ahead.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.read_ahead.len().min(buf.remaining());
-        buf.put_slice(&this.read_ahead.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
 }
 
 /// Refuses a connection beyond `max_connections`: HTTP listeners answer 503 and close; HTTPS

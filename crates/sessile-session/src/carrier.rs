@@ -95,7 +95,7 @@ fn trim_ows(s: &str) -> &str {
 }
 
 /// Formats `n` in decimal without allocating.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;

@@ -14,7 +14,9 @@ pub mod resolve;
 pub mod timeouts;
 pub mod token;
 
-pub use carrier::{CookieAttrs, cookie_values, header_values, is_valid_cookie_path, is_valid_token_name, set_cookie};
+pub use carrier::{
+    CookieAttrs, cookie_values, header_values, is_valid_cookie_path, is_valid_token_name, itoa, set_cookie,
+};
 pub use keyring::{KEY_FILE_NAME, KeyRing, KeyRingError};
 pub use naming::{generated_session_name, keyed_hash};
 pub use resolve::{Eligibility, MAX_CANDIDATES, Rejection, Resumed, TokenMemo, judge, resolve, resolve_remembering};

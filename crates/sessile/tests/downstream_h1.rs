@@ -25,24 +25,7 @@ enum Server {
     Hyper,
 }
 
-macro_rules! for_each_server {
-    ($($case:ident),* $(,)?) => {
-        mod direct {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Server::Direct).await
-            })*
-        }
-        mod hyper_server {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Server::Hyper).await
-            })*
-        }
-    };
-}
-
-for_each_server!(
+crate::test_matrix!(Server { direct => Direct, hyper_server => Hyper }: [
     pipelined_gets_are_answered_in_order_and_the_connection_stays_open,
     get_post_get_on_one_connection_loses_and_duplicates_nothing,
     head_keeps_the_backend_length_sends_no_body_and_stays_in_step,
@@ -58,7 +41,7 @@ for_each_server!(
     every_response_carries_one_valid_date,
     expect_100_continue_gets_continue_then_the_final_response,
     h2c_prior_knowledge_is_served,
-);
+]);
 
 // ---- Gateway setup -----------------------------------------------------------------------------
 

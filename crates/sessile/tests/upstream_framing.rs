@@ -249,24 +249,7 @@ enum Client {
     Hyper,
 }
 
-macro_rules! for_each_client {
-    ($($case:ident),* $(,)?) => {
-        mod direct {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Client::Direct).await
-            })*
-        }
-        mod hyper_client {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::Client::Hyper).await
-            })*
-        }
-    };
-}
-
-for_each_client!(
+crate::test_matrix!(Client { direct => Direct, hyper_client => Hyper }: [
     pool_size_and_idle_timeout_are_honoured,
     large_bodies_in_large_writes_arrive_whole_and_the_connection_is_reused,
     chunked_with_content_length_gives_502_or_the_chunked_body,
@@ -286,7 +269,7 @@ for_each_client!(
     large_head_and_body_in_small_writes_arrive_whole,
     backend_receives_an_origin_form_request_without_hop_by_hop_headers,
     h2_request_reaches_the_backend_as_http1_with_one_joined_cookie,
-);
+]);
 
 /// Sends `GET path` and checks the answer is `200` with exactly `body`.
 async fn expect_ok(client: &TestClient, gw: &TestGateway, path: &str, body: &str) {

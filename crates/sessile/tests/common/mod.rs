@@ -313,3 +313,20 @@ pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// Runs every async case `case(Kind::Variant)` once per variant, each variant in a module of
+/// its own: `crate::test_matrix!(Client { direct => Direct, hyper_client => Hyper }: [a, b]);`
+#[macro_export]
+macro_rules! test_matrix {
+    ($kind:ident { $($module:ident => $variant:ident),+ $(,)? }: $cases:tt) => {
+        $( $crate::test_matrix!(@module $module, $kind, $variant, $cases); )+
+    };
+    (@module $module:ident, $kind:ident, $variant:ident, [$($case:ident),* $(,)?]) => {
+        mod $module {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::$kind::$variant).await
+            })*
+        }
+    };
+}
