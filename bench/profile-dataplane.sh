@@ -103,8 +103,15 @@ backend be
   server b2 127.0.0.1:9302 cookie b2
   server b3 127.0.0.1:9303 cookie b3
 EOF
-  start haproxy "$PROXY_CPU" haproxy -db -f "$OUT/haproxy.cfg"
+  if [ "$PROFILE" = callgrind ]; then
+    # The anchor's own instruction count, to compare with Sessile's.
+    start haproxy "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p.out" \
+      haproxy -db -f "$OUT/haproxy.cfg"
+  else
+    start haproxy "$PROXY_CPU" haproxy -db -f "$OUT/haproxy.cfg"
+  fi
   wait_port $PORT
+  [ "$PROFILE" = callgrind ] && sleep 3
   spid=${pids[-1]}
 else
   start sessile "$PROXY_CPU" env PORT=$PORT BACKENDS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
@@ -133,10 +140,12 @@ fi
 ticks() { awk '{print $14 + $15}' "/proc/$spid/stat"; }
 sys_ticks() { awk '{print $15}' "/proc/$spid/stat"; }
 minor_faults() { awk '{print $10}' "/proc/$spid/stat"; }
+# Sleeps in epoll_wait: each one costs a wake-up (an IPI when the core was idle).
+ctx_switches() { awk '/^voluntary_ctxt_switches/{print $2}' "/proc/$spid/status"; }
 hz=$(getconf CLK_TCK)
 # Warm up the upstream pool.
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$lua" "http://127.0.0.1:$PORT/" >/dev/null
-t0=$(ticks) s0=$(sys_ticks) f0=$(minor_faults)
+t0=$(ticks) s0=$(sys_ticks) f0=$(minor_faults) c0=$(ctx_switches)
 case "$PROFILE" in
   strace) strace -c -f -p "$spid" -o "$OUT/strace.txt" & prof=$! ;;
   callgrind) callgrind_control -z "$spid" >/dev/null; prof= ;;
@@ -145,7 +154,7 @@ case "$PROFILE" in
 esac
 sleep 0.3
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/" | tee "$OUT/wrk.txt"
-t1=$(ticks) s1=$(sys_ticks) f1=$(minor_faults)
+t1=$(ticks) s1=$(sys_ticks) f1=$(minor_faults) c1=$(ctx_switches)
 if [ -n "$prof" ]; then kill -INT "$prof" 2>/dev/null || true; wait "$prof" 2>/dev/null || true; fi
 reqs=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")
 if [ "$PROFILE" = callgrind ]; then
@@ -156,7 +165,7 @@ if [ "$PROFILE" = callgrind ]; then
   echo "user-space instructions: $ir over $reqs requests = $((ir / reqs)) Ir/request ($dump)"
 fi
 echo "proxy=$PROXY mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
-awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v s=$((s1 - s0)) -v f=$((f1 - f0)) 'BEGIN{printf "proxy CPU: %.1f us/request (user %.1f, system %.1f; %d requests; %.3f page faults/request)\n", t / hz * 1e6 / n, (t - s) / hz * 1e6 / n, s / hz * 1e6 / n, n, f / n}'
+awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v s=$((s1 - s0)) -v f=$((f1 - f0)) -v c=$((c1 - c0)) 'BEGIN{printf "proxy CPU: %.1f us/request (user %.1f, system %.1f; %d requests; %.3f page faults/request; %.3f sleeps/request)\n", t / hz * 1e6 / n, (t - s) / hz * 1e6 / n, s / hz * 1e6 / n, n, f / n, c / n}'
 if [ "$PROFILE" = strace ]; then
   echo "system calls per request (strace slows the proxy; counts, not times, are the point):"
   awk -v n="$reqs" 'NR>2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f/req  errors %s\n", $NF, $4 / n, ($5 ~ /^[0-9]+$/ ? $5 : 0)}' "$OUT/strace.txt" | sort -k2 -rn | head -12
