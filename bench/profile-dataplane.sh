@@ -73,10 +73,14 @@ EOF
 done
 for i in 1 2 3; do wait_port $((9300 + i)); done
 
+# The proxy's command prefix: callgrind counts either proxy's instructions (HAProxy's too, to
+# compare with Sessile's); ours.sh runs SESSILE_BIN, so Sessile gets a wrapper script.
+under=()
 if [ "$PROFILE" = callgrind ]; then
+  under=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p.out")
   real=$SESSILE_BIN
   export SESSILE_BIN=$OUT/sessile-under-callgrind
-  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s/callgrind.%%p.out %s "$@"\n' "$OUT" "$real" >"$SESSILE_BIN"
+  printf '#!/bin/sh\nexec %s %s "$@"\n' "${under[*]}" "$real" >"$SESSILE_BIN"
   chmod +x "$SESSILE_BIN"
 fi
 PORT=8310
@@ -103,26 +107,19 @@ backend be
   server b2 127.0.0.1:9302 cookie b2
   server b3 127.0.0.1:9303 cookie b3
 EOF
-  if [ "$PROFILE" = callgrind ]; then
-    # The anchor's own instruction count, to compare with Sessile's.
-    start haproxy "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p.out" \
-      haproxy -db -f "$OUT/haproxy.cfg"
-  else
-    start haproxy "$PROXY_CPU" haproxy -db -f "$OUT/haproxy.cfg"
-  fi
+  start haproxy "$PROXY_CPU" "${under[@]}" haproxy -db -f "$OUT/haproxy.cfg"
   wait_port $PORT
-  [ "$PROFILE" = callgrind ] && sleep 3
   spid=${pids[-1]}
 else
   start sessile "$PROXY_CPU" env PORT=$PORT BACKENDS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
     STICKY_MODE="$MODE" WORKERS=1 bash "$here/ours.sh"
   wait_port $PORT
-  [ "$PROFILE" = callgrind ] && sleep 3
   # ours.sh (pids[-1], after setsid/taskset/env exec) runs `sessile serve` as its child.
   spid=$(pgrep -P "${pids[-1]}" -f 'serve --config' | head -1)
   [ -n "$spid" ] || { echo "sessile process not found" >&2; exit 1; }
 fi
 
+[ "$PROFILE" = callgrind ] && sleep 3 # valgrind is still warming up when the port opens
 # The token to replay (persisted scenario).
 lua="$OUT/wrk.lua"
 : >"$lua"
