@@ -277,7 +277,7 @@ impl Fields {
         room: usize,
         mut note: impl FnMut(&HeaderName, &HeaderValue) -> Result<(), &'static str>,
     ) -> Result<HeaderMap, &'static str> {
-        let mut headers = HeaderMap::with_capacity(self.count + room);
+        let mut headers = hot_header_map(self.count + room);
         let fields = if self.count <= INLINE_FIELDS { &self.inline[..self.count] } else { &self.spilled[..] };
         for (i, f) in fields.iter().enumerate() {
             let (name, value) = (f.name as usize, f.value as usize);
@@ -422,27 +422,66 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-thread_local! {
-    /// Read buffers of idle connections, most recently used last: the next exchange on this
-    /// thread reads into one the CPU touched moments ago instead of its connection's own, which
-    /// has gone cold while the connection sat in the pool.
-    static HOT_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A per-thread free list of hot-path allocations, most recently used last: the next request on
+/// this thread reuses memory the CPU touched moments ago instead of asking the allocator.
+pub(crate) struct HotPool<T> {
+    items: std::cell::RefCell<Vec<T>>,
+    kept: usize,
 }
 
-const HOT_BUFFERS_KEPT: usize = 16;
+impl<T> HotPool<T> {
+    const fn new(kept: usize) -> HotPool<T> {
+        HotPool { items: std::cell::RefCell::new(Vec::new()), kept }
+    }
+
+    fn take(&self) -> Option<T> {
+        self.items.borrow_mut().pop()
+    }
+
+    fn put(&self, item: T) {
+        let mut items = self.items.borrow_mut();
+        if items.len() < self.kept {
+            items.push(item);
+        }
+    }
+}
+
+thread_local! {
+    /// Read buffers of idle connections: the next exchange reads into one the CPU touched moments
+    /// ago instead of its connection's own, which has gone cold while the connection sat in the pool.
+    static HOT_BUFFERS: HotPool<BytesMut> = const { HotPool::new(16) };
+    /// Header maps of finished messages (two per proxied request: the request's and the
+    /// response's), cleared: a parsed head fills one instead of allocating its two arrays.
+    static HOT_HEADER_MAPS: HotPool<HeaderMap> = const { HotPool::new(64) };
+}
+
+/// A map grown past this by an unusual head goes back to the allocator, not to the pool.
+const HOT_HEADER_MAP_CAPACITY: usize = 128;
 
 fn hot_buffer() -> BytesMut {
-    HOT_BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default()
+    HOT_BUFFERS.with(HotPool::take).unwrap_or_default()
 }
 
 fn recycle(mut buf: BytesMut) {
     buf.clear();
-    HOT_BUFFERS.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < HOT_BUFFERS_KEPT {
-            b.push(buf);
-        }
-    });
+    HOT_BUFFERS.with(|pool| pool.put(buf));
+}
+
+/// An empty header map with room for `fields`, from the pool when it has one.
+fn hot_header_map(fields: usize) -> HeaderMap {
+    let mut map = HOT_HEADER_MAPS.with(HotPool::take).unwrap_or_default();
+    map.reserve(fields);
+    map
+}
+
+/// Returns a finished message's header map to the pool (its values, which share read buffers,
+/// are dropped now).
+pub(crate) fn recycle_header_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > HOT_HEADER_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    HOT_HEADER_MAPS.with(|pool| pool.put(map));
 }
 
 /// What the chunked decoder produced from the buffered bytes.

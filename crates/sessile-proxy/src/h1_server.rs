@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::direct_h1::{Fields, NameCache, has_token};
+use crate::direct_h1::{Fields, NameCache, has_token, recycle_header_map};
 use crate::limits::{ConnTracker, HeadVerdict, RequestBody};
 use crate::pipeline::{ConnContext, LoggedResponseBody, handle};
 
@@ -391,6 +391,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
     let (parts, mut body) = resp.into_parts();
     out.clear();
     let (framing, close) = encode_head(out, &parts, head_request, close, &body);
+    recycle_header_map(parts.headers);
     // `out[..sent]` is on the wire; the rest waits for more of the body or its end, and goes out
     // as soon as the body has nothing ready (a streamed response is not held back).
     let mut sent = 0;

@@ -220,9 +220,16 @@ struct RuleMetrics {
     owner: usize,
     duration: Histogram,
     codes: [OnceLock<(u16, Counter)>; CODE_SLOTS],
-    /// Per backendRef of the rule: sessions created and resumed.
-    sessions: Vec<[OnceLock<Counter>; 2]>,
+    /// Per backendRef of the rule: sessions created and resumed, then rejections by reason.
+    sessions: Vec<SessionSlots>,
 }
+
+/// Slot of a rejection reason in `SessionSlots` (after created and resumed).
+const fn rejection_slot(reason: sessile_session::Rejection) -> usize {
+    2 + reason as usize
+}
+
+type SessionSlots = [OnceLock<Counter>; 2 + sessile_session::Rejection::ALL.len()];
 
 /// A backend's per-endpoint session handles (new, resumed), attached to the backend.
 struct BackendMetrics {
@@ -284,14 +291,16 @@ impl Metrics {
         let resumed = matches!(d.flag, SessionFlag::Resumed | SessionFlag::Refreshed);
         let outcome = usize::from(resumed);
         let labels = || SessionLabels { rule: Label(rule.label.clone()), backend: Label(d.target.backend.id.clone()) };
-        let session_counter = |labels: &SessionLabels| match resumed {
-            true => self.sessions_resumed.get_or_create(labels).clone(),
-            false => self.sessions_created.get_or_create(labels).clone(),
+        let slots = self.rule_metrics(rule).and_then(|m| m.sessions.get(d.target.backend_index));
+        // The rule's handle when it has one, else the family's series (hashed per call).
+        let count = |slot: usize, counter: &dyn Fn() -> Counter| match slots {
+            Some(slots) => slots[slot].get_or_init(counter).inc(),
+            None => counter().inc(),
         };
-        match self.rule_metrics(rule).and_then(|m| m.sessions.get(d.target.backend_index)) {
-            Some(slots) => slots[outcome].get_or_init(|| session_counter(&labels())).inc(),
-            None => session_counter(&labels()).inc(),
-        };
+        count(outcome, &|| match resumed {
+            true => self.sessions_resumed.get_or_create(&labels()).clone(),
+            false => self.sessions_created.get_or_create(&labels()).clone(),
+        });
         let endpoint_counter = || {
             self.endpoint_sessions
                 .get_or_create(&EndpointSessionLabels {
@@ -311,8 +320,10 @@ impl Metrics {
             self.session_repins.get_or_create(&labels()).inc();
         }
         if let Some(reason) = d.rejection {
-            let SessionLabels { rule, backend } = labels();
-            self.sessions_rejected.get_or_create(&RejectLabels { rule, backend, reason: reason.as_str() }).inc();
+            count(rejection_slot(reason), &|| {
+                let SessionLabels { rule, backend } = labels();
+                self.sessions_rejected.get_or_create(&RejectLabels { rule, backend, reason: reason.as_str() }).clone()
+            });
         }
     }
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use sessile_core::hostname::normalize_host;
 use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
-use sessile_session::{CookieAttrs, TokenMemo, max_age_secs, now_ms, seal, set_cookie};
+use sessile_session::{CookieAttrs, MAX_TOKEN_LEN, TokenMemo, max_age_secs, now_ms, seal, seal_into, set_cookie_with};
 
 use crate::access_log::{self, AccessLog, LoggedBody};
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
@@ -333,20 +333,21 @@ fn write_token(
     now: u64,
     headers: &mut HeaderMap,
 ) {
-    let token = seal(&ctx.shared.keys(), claims);
+    let keys = ctx.shared.keys();
     match &policy.carrier {
         SessionCarrier::Cookie { name, path, permanent } => {
             let max_age = match (permanent, policy.absolute_timeout) {
                 (true, Some(abs)) => Some(max_age_secs(claims, now, abs)),
                 _ => None,
             };
-            let cookie = set_cookie(&CookieAttrs { name, path, secure: ctx.https, max_age_secs: max_age }, &token);
+            let attrs = CookieAttrs { name, path, secure: ctx.https, max_age_secs: max_age };
+            let cookie = set_cookie_with(&attrs, MAX_TOKEN_LEN, |out| seal_into(&keys, claims, out));
             if let Ok(v) = owned_header_value(cookie) {
                 headers.append(header::SET_COOKIE, v);
             }
         }
         SessionCarrier::Header { name } => {
-            if let Ok(v) = owned_header_value(token) {
+            if let Ok(v) = owned_header_value(seal(&keys, claims)) {
                 headers.insert(name.clone(), v);
             }
         }

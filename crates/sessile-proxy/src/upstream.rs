@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessile_core::UpstreamProtocol;
 use tokio::net::TcpStream;
 
-use crate::direct_h1::{DirectBody, DirectConn, ExchangeError};
+use crate::direct_h1::{self, DirectBody, DirectConn, ExchangeError};
 use crate::error::ProxyError;
 use crate::limits::RequestBody;
 
@@ -235,8 +235,9 @@ impl Upstreams {
         req: Request<RequestBody>,
         forwarded: &Forwarded,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let (parts, _) = req.into_parts();
+        let (mut parts, _) = req.into_parts();
         conn.encode_request(&parts, forwarded);
+        direct_h1::recycle_header_map(std::mem::take(&mut parts.headers));
         let (head, framing) = match conn.round_trip(&parts.method).await {
             Ok(r) => r,
             Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && parts.method.is_idempotent() => {

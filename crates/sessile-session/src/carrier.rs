@@ -54,11 +54,17 @@ pub struct CookieAttrs<'a> {
 /// time with [`is_valid_token_name`] and [`is_valid_cookie_path`]); tokens from
 /// [`crate::seal`] are always valid cookie values.
 pub fn set_cookie(attrs: &CookieAttrs<'_>, token: &str) -> String {
+    set_cookie_with(attrs, token.len(), |out| out.push_str(token))
+}
+
+/// [`set_cookie`] with the token written in place by `write_token` (at most `token_len` bytes
+/// fit without growing), e.g. by [`crate::seal_into`]: one allocation for the whole value.
+pub fn set_cookie_with(attrs: &CookieAttrs<'_>, token_len: usize, write_token: impl FnOnce(&mut String)) -> String {
     const FIXED: &str = "; HttpOnly; SameSite=Lax";
-    let mut out = String::with_capacity(attrs.name.len() + token.len() + attrs.path.len() + 64);
+    let mut out = String::with_capacity(attrs.name.len() + token_len + attrs.path.len() + 64);
     out.push_str(attrs.name);
     out.push('=');
-    out.push_str(token);
+    write_token(&mut out);
     out.push_str("; Path=");
     out.push_str(attrs.path);
     out.push_str(FIXED);
@@ -175,6 +181,18 @@ mod tests {
         // And reading it back from a Cookie header.
         let line = format!("other=1; session={token}");
         assert_eq!(cookie_values([line.as_str()], "session").collect::<Vec<_>>(), vec![token.as_str()]);
+    }
+
+    #[test]
+    fn set_cookie_with_seals_the_token_in_place() {
+        let ring = crate::token::tests::test_ring();
+        let claims = crate::token::tests::claims("10.0.0.7:8080");
+        let attrs = CookieAttrs { name: "s", path: "/", secure: false, max_age_secs: Some(60) };
+        let header = set_cookie_with(&attrs, crate::MAX_TOKEN_LEN, |out| crate::seal_into(&ring, &claims, out));
+        let c = cookie::Cookie::parse(header.as_str()).unwrap();
+        assert_eq!(crate::open(&ring, c.value()).unwrap(), claims);
+        // The same attributes around the token as `set_cookie` writes.
+        assert_eq!(header, set_cookie(&attrs, c.value()));
     }
 
     #[test]

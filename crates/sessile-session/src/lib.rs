@@ -16,9 +16,10 @@ pub mod token;
 
 pub use carrier::{
     CookieAttrs, cookie_values, header_values, is_valid_cookie_path, is_valid_token_name, itoa, set_cookie,
+    set_cookie_with,
 };
 pub use keyring::{KEY_FILE_NAME, KeyRing, KeyRingError};
 pub use naming::{generated_session_name, keyed_hash};
 pub use resolve::{Eligibility, MAX_CANDIDATES, Rejection, Resumed, TokenMemo, judge, resolve, resolve_remembering};
 pub use timeouts::{CLOCK_SKEW_MS, Freshness, SessionTimeouts, freshness, max_age_secs, now_ms};
-pub use token::{Claims, MAX_TOKEN_LEN, OpenError, open, seal};
+pub use token::{Claims, MAX_TOKEN_LEN, OpenError, open, seal, seal_into};

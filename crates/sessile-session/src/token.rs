@@ -115,6 +115,17 @@ fn next_nonce() -> [u8; NONCE_LEN] {
 ///
 /// If the operating system's random number generator fails (first call only).
 pub fn seal(ring: &KeyRing, claims: &Claims) -> String {
+    let mut token = String::with_capacity(MAX_TOKEN_LEN);
+    seal_into(ring, claims, &mut token);
+    token
+}
+
+/// [`seal`], appending the token to `out` (a `Set-Cookie` value is built around it in place).
+///
+/// # Panics
+///
+/// As [`seal`].
+pub fn seal_into(ring: &KeyRing, claims: &Claims, out: &mut String) {
     let key = ring.current();
     let mut buf = [0u8; MAX_SEALED];
     let mut header = [0u8; HEADER_LEN];
@@ -132,7 +143,7 @@ pub fn seal(ring: &KeyRing, claims: &Claims) -> String {
         .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(header), pt)
         .expect("AES-GCM seals any input of this size");
     rest[..TAG_LEN].copy_from_slice(tag.as_ref());
-    URL_SAFE_NO_PAD.encode(&buf[..HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN])
+    URL_SAFE_NO_PAD.encode_string(&buf[..HEADER_LEN + NONCE_LEN + pt_len + TAG_LEN], out);
 }
 
 /// Opens a token sealed by [`seal`] under any key of `ring`.
