@@ -394,7 +394,7 @@ pub enum SessionSource {
     Policy { kind: String, namespace: String, name: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum SessionCarrier {
     Cookie {
         name: String,

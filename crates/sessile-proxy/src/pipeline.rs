@@ -13,7 +13,10 @@ use hyper_util::rt::TokioIo;
 use sessile_core::hostname::normalize_host;
 use sessile_core::matching::RequestView;
 use sessile_core::{Filter, PathModifier, Rule, SessionCarrier};
-use sessile_session::{CookieAttrs, MAX_TOKEN_LEN, TokenMemo, max_age_secs, now_ms, seal, seal_into, set_cookie_with};
+use sessile_session::{
+    CookieAttrs, KeyRing, MAX_TOKEN_LEN, RecentTokens, TokenMemo, max_age_secs, now_ms, seal, seal_into,
+    set_cookie_with,
+};
 
 use crate::access_log::{self, AccessLog, LoggedBody};
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
@@ -169,17 +172,19 @@ async fn route_and_proxy(
     }
 
     // `timeouts.request` covers the whole exchange: until response headers here, then the body.
-    let deadline = rule.timeouts.request.map(|limit| tokio::time::Instant::now() + limit);
-    let proxied = proxy(ctx, &rule, req, authority, new_host, new_path, log);
-    match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, proxied).await {
-            Ok(resp) => resp.map(|body| match body {
-                Either::Left(upstream) => Either::Left(upstream.with_deadline(Some(deadline))),
-                local => local,
-            }),
-            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out\n"),
-        },
-        None => proxied.await,
+    // The exchange future is built inside each arm, never held in a local: a future moved out of a
+    // local still takes its own space in this function's state (several KiB, copied per request).
+    match rule.timeouts.request.map(|limit| tokio::time::Instant::now() + limit) {
+        Some(deadline) => {
+            match tokio::time::timeout_at(deadline, proxy(ctx, &rule, req, authority, new_host, new_path, log)).await {
+                Ok(resp) => resp.map(|body| match body {
+                    Either::Left(upstream) => Either::Left(upstream.with_deadline(Some(deadline))),
+                    local => local,
+                }),
+                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out\n"),
+            }
+        }
+        None => proxy(ctx, &rule, req, authority, new_host, new_path, log).await,
     }
 }
 
@@ -284,13 +289,16 @@ async fn proxy(
         Ok(r) => r,
         Err(message) => return local(StatusCode::BAD_REQUEST, message),
     };
-    let sent = ctx.upstreams.send(decision.target.addr, conn, upstream_req, forwarded, upgrade.is_none());
+    let (addr, reusable) = (decision.target.addr, upgrade.is_none());
+    // As in `route_and_proxy`: the send future is built in its arm, not held in a local.
     let result = match rule.timeouts.backend_request {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "backend request timed out\n"),
-        },
-        None => sent.await,
+        Some(limit) => {
+            match tokio::time::timeout(limit, ctx.upstreams.send(addr, conn, upstream_req, forwarded, reusable)).await {
+                Ok(r) => r,
+                Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "backend request timed out\n"),
+            }
+        }
+        None => ctx.upstreams.send(addr, conn, upstream_req, forwarded, reusable).await,
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -333,28 +341,69 @@ fn write_token(
     now: u64,
     headers: &mut HeaderMap,
 ) {
-    let keys = ctx.shared.keys();
-    match &policy.carrier {
-        SessionCarrier::Cookie { name, path, permanent } => {
-            let max_age = match (permanent, policy.absolute_timeout) {
-                (true, Some(abs)) => Some(max_age_secs(claims, now, abs)),
-                _ => None,
-            };
-            let attrs = CookieAttrs { name, path, secure: ctx.https, max_age_secs: max_age };
-            let cookie = set_cookie_with(&attrs, MAX_TOKEN_LEN, |out| seal_into(&keys, claims, out));
-            if let Ok(v) = owned_header_value(cookie) {
-                headers.append(header::SET_COOKIE, v);
-            }
+    match (&policy.carrier, token_value(&ctx.shared.keys(), policy, claims, now, ctx.https)) {
+        (SessionCarrier::Cookie { .. }, Some(v)) => {
+            headers.append(header::SET_COOKIE, v);
         }
-        SessionCarrier::Header { name } => {
-            if let Ok(v) = owned_header_value(seal(&keys, claims)) {
-                headers.insert(name.clone(), v);
-            }
+        (SessionCarrier::Header { name }, Some(v)) => {
+            headers.insert(name.clone(), v);
         }
+        (_, None) => {}
     }
     // Shared caches must never hand one client's session token to another: keep `private` or
     // `no-store` when the backend sent them, else add `private` (dropping `public`, keeping the rest).
     keep_out_of_shared_caches(headers);
+}
+
+/// The `Set-Cookie` value or token header value that carries `claims`: sealed under the current
+/// key, or the one this thread issued for identical claims and carrier in the same millisecond.
+fn token_value(
+    keys: &KeyRing,
+    policy: &sessile_core::SessionPolicy,
+    claims: &sessile_session::Claims,
+    now: u64,
+    secure: bool,
+) -> Option<HeaderValue> {
+    let max_age = match (&policy.carrier, policy.absolute_timeout) {
+        (SessionCarrier::Cookie { permanent: true, .. }, Some(abs)) => Some(max_age_secs(claims, now, abs)),
+        _ => None,
+    };
+    let key_id = keys.current_key_id();
+    let issued = |k: &IssuedFor| {
+        k.claims == *claims
+            && k.key_id == key_id
+            && k.secure == secure
+            && k.max_age_secs == max_age
+            && k.carrier == policy.carrier
+    };
+    let issue = || {
+        let text = match &policy.carrier {
+            SessionCarrier::Cookie { name, path, .. } => {
+                let attrs = CookieAttrs { name, path, secure, max_age_secs: max_age };
+                set_cookie_with(&attrs, MAX_TOKEN_LEN, |out| seal_into(keys, claims, out))
+            }
+            SessionCarrier::Header { .. } => seal(keys, claims),
+        };
+        let key = IssuedFor { claims: *claims, key_id, secure, max_age_secs: max_age, carrier: policy.carrier.clone() };
+        (key, owned_header_value(text).ok())
+    };
+    RECENT_TOKENS.with_borrow_mut(|recent| recent.get_or_issue(issued, issue))
+}
+
+/// What a `Set-Cookie` or token header value was issued for: equal keys make byte-identical values.
+struct IssuedFor {
+    claims: sessile_session::Claims,
+    key_id: u32,
+    secure: bool,
+    max_age_secs: Option<u64>,
+    carrier: SessionCarrier,
+}
+
+thread_local! {
+    /// New sessions pinned to one endpoint within the same millisecond share one sealed token
+    /// (see `sessile_session::recent`); a few entries cover a thread's endpoints per millisecond.
+    static RECENT_TOKENS: std::cell::RefCell<RecentTokens<IssuedFor, Option<HeaderValue>>> =
+        std::cell::RefCell::new(RecentTokens::new(8));
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one, joined with "; " (RFC 9113 8.2.3).
@@ -746,5 +795,88 @@ mod tests {
                 assert_eq!(x_a, "1");
             }
         }
+    }
+
+    fn policy(carrier: SessionCarrier, absolute: Option<u64>) -> sessile_core::SessionPolicy {
+        sessile_core::SessionPolicy {
+            scope: 7,
+            source: sessile_core::SessionSource::Policy {
+                kind: "test".into(),
+                namespace: "ns".into(),
+                name: "p".into(),
+            },
+            carrier,
+            absolute_timeout: absolute.map(std::time::Duration::from_secs),
+            idle_timeout: None,
+        }
+    }
+
+    fn cookie(path: &str, permanent: bool) -> SessionCarrier {
+        SessionCarrier::Cookie { name: "sticky".into(), path: path.into(), permanent }
+    }
+
+    fn claims(endpoint: &str, at_ms: u64) -> sessile_session::Claims {
+        sessile_session::Claims {
+            scope: 7,
+            backend: 9,
+            endpoint: endpoint.parse().unwrap(),
+            endpoint_identity: 3,
+            created_ms: at_ms,
+            refreshed_ms: at_ms,
+        }
+    }
+
+    /// The token inside a `Set-Cookie` value or a bare token header value.
+    fn token_of(value: &HeaderValue) -> &str {
+        let text = value.to_str().unwrap();
+        let pair = text.split(';').next().unwrap();
+        pair.strip_prefix("sticky=").unwrap_or(pair)
+    }
+
+    #[test]
+    fn identical_claims_in_one_millisecond_share_a_token_and_nothing_else_does() {
+        let keys = KeyRing::generate();
+        let at = 1_790_000_000_000;
+        let session = policy(cookie("/", false), None);
+        let issue = |policy: &sessile_core::SessionPolicy, claims, secure| {
+            token_value(&keys, policy, &claims, at, secure).expect("a valid header value")
+        };
+        let first = issue(&session, claims("10.0.0.1:80", at), false);
+        assert_eq!(first, issue(&session, claims("10.0.0.1:80", at), false), "same claims, same millisecond");
+        assert_eq!(sessile_session::open(&keys, token_of(&first)).unwrap(), claims("10.0.0.1:80", at));
+
+        let others = [
+            ("another endpoint", issue(&session, claims("10.0.0.2:80", at), false)),
+            ("the next millisecond", issue(&session, claims("10.0.0.1:80", at + 1), false)),
+            ("an HTTPS listener", issue(&session, claims("10.0.0.1:80", at), true)),
+            ("another cookie path", issue(&policy(cookie("/app", false), None), claims("10.0.0.1:80", at), false)),
+            ("a permanent cookie", issue(&policy(cookie("/", true), Some(60)), claims("10.0.0.1:80", at), false)),
+        ];
+        for (what, value) in &others {
+            assert_ne!(token_of(value), token_of(&first), "{what} must get its own token");
+        }
+        let text = |i: usize| others[i].1.to_str().unwrap();
+        assert!(text(2).contains("; Secure"), "{}", text(2));
+        assert!(!first.to_str().unwrap().contains("Secure"));
+        assert!(text(3).contains("Path=/app"), "{}", text(3));
+        assert!(text(4).contains("Max-Age=60"), "{}", text(4));
+
+        // After a key rotation, new tokens are sealed under the new key, even within the millisecond.
+        let rotated = keys.with_new_current_key();
+        let after = token_value(&rotated, &session, &claims("10.0.0.1:80", at), at, false).unwrap();
+        assert_ne!(token_of(&after), token_of(&first));
+        assert!(sessile_session::open(&rotated, token_of(&after)).is_ok());
+    }
+
+    #[test]
+    fn header_tokens_are_bare_and_shared_the_same_way() {
+        let keys = KeyRing::generate();
+        let at = 1_790_000_000_000;
+        let session = policy(SessionCarrier::Header { name: HeaderName::from_static("x-sticky") }, None);
+        let a = token_value(&keys, &session, &claims("[2001:db8::1]:80", at), at, false).unwrap();
+        let b = token_value(&keys, &session, &claims("[2001:db8::1]:80", at), at, false).unwrap();
+        assert_eq!(a, b);
+        assert!(!a.to_str().unwrap().contains(';'));
+        assert_eq!(sessile_session::open(&keys, a.to_str().unwrap()).unwrap(), claims("[2001:db8::1]:80", at));
     }
 }

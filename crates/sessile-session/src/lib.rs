@@ -10,6 +10,7 @@
 pub mod carrier;
 pub mod keyring;
 pub mod naming;
+pub mod recent;
 pub mod resolve;
 pub mod timeouts;
 pub mod token;
@@ -20,6 +21,7 @@ pub use carrier::{
 };
 pub use keyring::{KEY_FILE_NAME, KeyRing, KeyRingError};
 pub use naming::{generated_session_name, keyed_hash};
+pub use recent::RecentTokens;
 pub use resolve::{Eligibility, MAX_CANDIDATES, Rejection, Resumed, TokenMemo, judge, resolve, resolve_remembering};
 pub use timeouts::{CLOCK_SKEW_MS, Freshness, SessionTimeouts, freshness, max_age_secs, now_ms};
 pub use token::{Claims, MAX_TOKEN_LEN, OpenError, open, seal, seal_into};
