@@ -11,6 +11,7 @@
 #   PROFILE=perf bench/profile-dataplane.sh                # perf record -g (cpu-clock) -> perf.data
 #   PROFILE=callgrind CONNS=10 bench/profile-dataplane.sh  # user-space instructions per request
 #        (reproducible under load: use it for A/B comparisons; the proxy runs ~50x slower)
+#   PROFILE=callgrind CALLGRIND_OPTS=--cache-sim=yes ...  # plus simulated cache misses per request
 #
 #   PROXY=haproxy bench/profile-dataplane.sh               # the same layout with HAProxy 'cookie insert'
 #        (user/system split and system calls of the anchor, to compare with Sessile's)
@@ -77,7 +78,8 @@ for i in 1 2 3; do wait_port $((9300 + i)); done
 # compare with Sessile's); ours.sh runs SESSILE_BIN, so Sessile gets a wrapper script.
 under=()
 if [ "$PROFILE" = callgrind ]; then
-  under=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p.out")
+  # shellcheck disable=SC2206 # CALLGRIND_OPTS is a list of options
+  under=(valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --callgrind-out-file="$OUT/callgrind.%p.out")
   real=$SESSILE_BIN
   export SESSILE_BIN=$OUT/sessile-under-callgrind
   printf '#!/bin/sh\nexec %s %s "$@"\n' "${under[*]}" "$real" >"$SESSILE_BIN"
@@ -160,6 +162,8 @@ if [ "$PROFILE" = callgrind ]; then
   dump=$(ls -t "$OUT"/callgrind.*.out.* 2>/dev/null | head -1)
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$dump")
   echo "user-space instructions: $ir over $reqs requests = $((ir / reqs)) Ir/request ($dump)"
+  # With CALLGRIND_OPTS=--cache-sim=yes: every simulated event per request (D1mr: L1 data read misses).
+  awk -v n="$reqs" '/^events:/{for (i = 2; i <= NF; i++) e[i] = $i} /^(summary|totals):/{for (i = 3; i <= NF; i++) printf "  %s %.1f/request\n", e[i], $i / n; exit}' "$dump"
 fi
 echo "proxy=$PROXY mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
 awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v s=$((s1 - s0)) -v f=$((f1 - f0)) -v c=$((c1 - c0)) 'BEGIN{printf "proxy CPU: %.1f us/request (user %.1f, system %.1f; %d requests; %.3f page faults/request; %.3f sleeps/request)\n", t / hz * 1e6 / n, (t - s) / hz * 1e6 / n, s / hz * 1e6 / n, n, f / n, c / n}'
