@@ -6,6 +6,7 @@ pub mod client;
 pub mod grpc;
 pub mod raw;
 pub mod tls;
+pub mod train;
 pub mod wait;
 pub mod ws;
 

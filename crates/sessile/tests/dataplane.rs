@@ -1,5 +1,6 @@
 //! Data plane end to end: HTTP/1.1 and h2c, WebSocket, streaming, forwarding headers, hop-by-hop
-//! headers, retries of connect failures, hot reload under traffic, graceful stop and the admin server.
+//! headers, retries of connect failures, hot reload under traffic, graceful stop, the admin server
+//! and the PGO training run.
 
 mod common;
 
@@ -523,4 +524,22 @@ async fn in_flight_requests_finish_on_the_old_configuration() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.backend().as_deref(), Some("b0"));
     gw.gateway.stop().await;
+}
+
+/// The profile-guided build's training run (`bench/pgo-build.sh`) against this binary: every
+/// scenario completes requests, and `train` itself fails on any non-200 answer, any persisted
+/// session that moves, or a child that does not exit cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pgo_training_run_serves_every_scenario_through_the_binary() {
+    let opts = sessile_testkit::train::TrainOptions {
+        sessile: env!("CARGO_BIN_EXE_sessile").into(),
+        profile_dir: None,
+        seconds: 2.2,
+    };
+    let done = sessile_testkit::train::train(&opts).await.expect("training run");
+    assert_eq!(done.len(), 11, "{done:#?}");
+    for (scenario, requests) in &done {
+        assert!(*requests > 0, "{scenario}: no requests completed");
+    }
+    assert!(done.iter().any(|(s, _)| s.contains("Https { h2: true }")), "{done:#?}");
 }
