@@ -65,6 +65,7 @@ pub struct DirectConn {
     /// How much the next body read asks for.
     body_read: usize,
     names: NameCache,
+    fields: Fields,
     idle_since: Instant,
 }
 
@@ -79,6 +80,7 @@ impl DirectConn {
             served: 0,
             body_read: READ_RESERVE,
             names: NameCache::default(),
+            fields: Fields::default(),
             idle_since: Instant::now(),
         })
     }
@@ -162,7 +164,9 @@ impl DirectConn {
         loop {
             if !self.read_buf.is_empty() {
                 received = true;
-                if let Some((head, framing)) = parse_response_head(&mut self.read_buf, method, &mut self.names)? {
+                if let Some((head, framing)) =
+                    parse_response_head(&mut self.read_buf, method, &mut self.names, &mut self.fields)?
+                {
                     return Ok((head, framing));
                 }
                 if self.read_buf.len() > MAX_HEAD_BYTES {
@@ -238,17 +242,24 @@ struct FieldAt {
 }
 
 /// The offsets of a parsed head's fields, so the values can share the head's bytes once it is
-/// split off the read buffer. Most heads fit the inline array (zeroing 100 slots cost ~1,500
-/// instructions per message); larger ones spill to the heap.
+/// split off the read buffer. One per connection, refilled for every head: most heads fit the
+/// inline array, larger ones spill to the heap (returning it by value cost two copies of the
+/// array per message).
 pub(crate) struct Fields {
     inline: [FieldAt; INLINE_FIELDS],
     spilled: Vec<FieldAt>,
     count: usize,
 }
 
+impl Default for Fields {
+    fn default() -> Self {
+        Fields { inline: [FieldAt::default(); INLINE_FIELDS], spilled: Vec::new(), count: 0 }
+    }
+}
+
 impl Fields {
-    /// Records `headers`, parsed by httparse out of `buf`.
-    pub(crate) fn record(buf: &[u8], headers: &[httparse::Header<'_>]) -> Fields {
+    /// Records `headers`, parsed by httparse out of `buf`, in place of the previous head's.
+    pub(crate) fn record(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
         let base = buf.as_ptr() as usize;
         let at = |h: &httparse::Header<'_>| FieldAt {
             name: (h.name.as_ptr() as usize - base) as u32,
@@ -256,16 +267,15 @@ impl Fields {
             value: (h.value.as_ptr() as usize - base) as u32,
             value_len: h.value.len() as u32,
         };
-        let mut fields =
-            Fields { inline: [FieldAt::default(); INLINE_FIELDS], spilled: Vec::new(), count: headers.len() };
+        self.count = headers.len();
+        self.spilled.clear();
         if headers.len() <= INLINE_FIELDS {
-            for (slot, h) in fields.inline.iter_mut().zip(headers) {
+            for (slot, h) in self.inline.iter_mut().zip(headers) {
                 *slot = at(h);
             }
         } else {
-            fields.spilled = headers.iter().map(at).collect();
+            self.spilled.extend(headers.iter().map(at));
         }
-        fields
     }
 
     /// The header map of `head` (the bytes the fields were recorded from), its values sharing
@@ -297,9 +307,10 @@ fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
     names: &mut NameCache,
+    fields: &mut Fields,
 ) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
     loop {
-        let (len, code, minor, fields, reason) = {
+        let (len, code, minor, reason) = {
             let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
             let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -317,7 +328,8 @@ fn parse_response_head(
                 .reason
                 .filter(|r| StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).is_none_or(|c| c != *r));
             let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
-            (len, code, resp.version.unwrap_or(1), Fields::record(buf, resp.headers), reason)
+            fields.record(buf, resp.headers);
+            (len, code, resp.version.unwrap_or(1), reason)
         };
         let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -791,7 +803,7 @@ mod tests {
     }
 
     fn head(text: &str, method: Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
-        parse_response_head(&mut BytesMut::from(text), &method, &mut NameCache::default())
+        parse_response_head(&mut BytesMut::from(text), &method, &mut NameCache::default(), &mut Fields::default())
     }
 
     #[test]
@@ -838,9 +850,11 @@ mod tests {
 
     #[test]
     fn cached_names_follow_the_bytes_on_the_wire() {
-        let mut names = NameCache::default();
+        // As on one connection: the name cache and the field offsets are reused by every head.
+        let (mut names, mut fields) = (NameCache::default(), Fields::default());
         let mut parse = |text: &str| {
-            let (resp, _) = parse_response_head(&mut BytesMut::from(text), &Method::GET, &mut names).unwrap().unwrap();
+            let (resp, _) =
+                parse_response_head(&mut BytesMut::from(text), &Method::GET, &mut names, &mut fields).unwrap().unwrap();
             resp.headers().iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect::<Vec<_>>()
         };
         let first = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Custom: a\r\n\r\n");
@@ -855,6 +869,13 @@ mod tests {
         );
         let respelled = parse("HTTP/1.1 200 OK\r\nx-custom: e\r\nCONTENT-LENGTH: 0\r\nX-Othe: f\r\n\r\n");
         assert_eq!(respelled, ["x-custom=e", "content-length=0", "x-othe=f"]);
+        // Past the inline offsets and back: each head's fields are its own.
+        let many: String = (0..INLINE_FIELDS + 6).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+        let big = parse(&format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n"));
+        assert_eq!(big.len(), INLINE_FIELDS + 7);
+        assert_eq!((big[0].as_str(), big[INLINE_FIELDS + 5].as_str()), ("x-f0=0", "x-f29=29"));
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), ["content-length=0"]);
+        assert_eq!(parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).len(), INLINE_FIELDS + 6);
     }
 
     #[test]
@@ -862,7 +883,9 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 299 Custom\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok",
         );
-        let (resp, f) = parse_response_head(&mut buf, &Method::GET, &mut NameCache::default()).unwrap().unwrap();
+        let (resp, f) = parse_response_head(&mut buf, &Method::GET, &mut NameCache::default(), &mut Fields::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 299);
         assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert!(resp.headers().get("link").is_none(), "the 103's fields are not the final response's");

@@ -58,6 +58,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = BytesMut::with_capacity(READ_RESERVE);
     let mut out = Vec::with_capacity(READ_RESERVE);
     let mut names = NameCache::default();
+    let mut fields = Fields::default();
     tracker.set_direct(true);
     // Registered once: the idle wait below polls it on every request.
     let shutdown = graceful.cancelled();
@@ -65,7 +66,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let (parts, client_close, verdict) = loop {
             if !buf.is_empty() {
-                match parse_request_head(&mut buf, &mut names, max_headers) {
+                match parse_request_head(&mut buf, &mut names, &mut fields, max_headers) {
                     Head::Request { parts, close, verdict } => break (parts, close, verdict),
                     Head::HandOff(head) => {
                         tracker.set_direct(false);
@@ -196,8 +197,8 @@ impl Seen {
 /// no `Expect`, not CONNECT; and any head with a line not ended by CRLF or with both
 /// Content-Length and Transfer-Encoding (answered 400: the checks `HeadScan` makes on heads
 /// hyper reads). Anything else goes to hyper untouched.
-fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, max_headers: usize) -> Head {
-    let (len, method, path, minor, fields, strict) = {
+fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, fields: &mut Fields, max_headers: usize) -> Head {
+    let (len, method, path, minor, strict) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
         let mut req = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -216,7 +217,8 @@ fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, max_headers: us
         let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
         let path = offset(path)..offset(path) + path.len();
         let strict = strict_line_endings(&buf[..len], offset(method), path.end + " HTTP/1.1".len(), req.headers);
-        (len, method_value, path, minor, Fields::record(buf, req.headers), strict)
+        fields.record(buf, req.headers);
+        (len, method_value, path, minor, strict)
     };
     let head = buf.split_to(len).freeze();
     let mut seen = Seen::default();
@@ -501,7 +503,7 @@ mod tests {
 
     fn parse(text: &str) -> (Head, BytesMut) {
         let mut buf = BytesMut::from(text);
-        let head = parse_request_head(&mut buf, &mut NameCache::default(), 100);
+        let head = parse_request_head(&mut buf, &mut NameCache::default(), &mut Fields::default(), 100);
         (head, buf)
     }
 
@@ -562,14 +564,19 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 00\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(text);
-            let head = parse_request_head(&mut buf, &mut NameCache::default(), 100);
+            let head = parse_request_head(&mut buf, &mut NameCache::default(), &mut Fields::default(), 100);
             let Head::HandOff(consumed) = head else { panic!("{text:?}: {head:?}") };
             let mut replay = consumed.to_vec();
             replay.extend_from_slice(&buf);
             assert_eq!(replay, text.as_bytes(), "{text:?}: hyper sees every byte");
         }
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(5));
-        let head = parse_request_head(&mut BytesMut::from(many.as_str()), &mut NameCache::default(), 4);
+        let head = parse_request_head(
+            &mut BytesMut::from(many.as_str()),
+            &mut NameCache::default(),
+            &mut Fields::default(),
+            4,
+        );
         assert!(matches!(head, Head::HandOff(_)), "too many fields: hyper answers 431");
     }
 
