@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,14 +121,14 @@ impl DirectConn {
     }
 
     /// Encodes the request head into this connection's write buffer, the X-Forwarded-* fields last.
-    pub fn encode_request(&mut self, parts: &http::request::Parts, forwarded: &Forwarded) {
+    pub fn encode_request<B>(&mut self, req: &Request<B>, forwarded: &Forwarded) {
         let out = &mut self.write_buf;
         out.clear();
-        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+        out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
+        for (name, value) in req.headers() {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -140,8 +140,8 @@ impl DirectConn {
         out.extend_from_slice(forwarded.proto().as_bytes());
         out.extend_from_slice(b"\r\n");
         // A method that defines a meaning for content says "no content" explicitly (RFC 9110 8.6).
-        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+            && !req.headers().contains_key(header::CONTENT_LENGTH)
         {
             out.extend_from_slice(b"content-length: 0\r\n");
         }

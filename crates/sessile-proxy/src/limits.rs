@@ -177,7 +177,9 @@ impl HeadVerdict {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The downstream request body: enforces the body limit as data arrives and keeps the request
-/// counted in flight on its connection until it is dropped.
+/// counted in flight on its connection until it is dropped. `Default`: no body and no token
+/// (what a request handed on to hyper's client leaves behind).
+#[derive(Default)]
 pub struct RequestBody {
     /// `None`: a request that has no body (served by `h1_server`, which never reads one).
     inner: Option<Incoming>,

@@ -114,7 +114,7 @@ pub type LoggedResponseBody = LoggedBody<ProxyBody>;
 /// Handles one request end to end. Never fails: every error becomes a response.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<LoggedResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     let head = (ctx.shared.access_log.format() != AccessLog::Off).then(|| LoggedHead::of(&req));
@@ -122,7 +122,8 @@ pub async fn handle(
     let grpc = is_grpc(&req);
     let version = req.version();
     let mut resp = match check_request(&ctx.limits, &req) {
-        Ok(()) => route_and_proxy(&ctx, req, &mut log).await,
+        // The request stays here; the phases borrow it (moving it into each one's state cost a copy).
+        Ok(()) => route_and_proxy(&ctx, &mut req, &mut log).await,
         Err(refusal) => refused(refusal, version),
     };
     if grpc && matches!(resp.body(), Either::Right(_)) && resp.status() != StatusCode::OK {
@@ -137,14 +138,14 @@ pub async fn handle(
 
 async fn route_and_proxy(
     ctx: &ConnContext,
-    mut req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     log: &mut RequestLog,
 ) -> Response<ProxyBody> {
     let snapshot = ctx.shared.snapshot();
     let Some(port) = snapshot.port(ctx.bind) else {
         return local(StatusCode::NOT_FOUND, "no listener configured on this port\n");
     };
-    let authority = request_authority(&req);
+    let authority = request_authority(req);
     let host = normalize_host(authority_str(&authority));
     let entry = {
         let view = RequestView {
@@ -184,7 +185,7 @@ async fn route_and_proxy(
     let mut new_path: Option<String> = None;
     for f in &rule.filters {
         match f {
-            Filter::Redirect(r) => return redirect(ctx, &req, authority_str(&authority), r, matched_prefix.as_deref()),
+            Filter::Redirect(r) => return redirect(ctx, req, authority_str(&authority), r, matched_prefix.as_deref()),
             Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
             Filter::UrlRewrite(rw) => {
                 new_host = rw.hostname.clone().or(new_host);
@@ -216,7 +217,7 @@ async fn route_and_proxy(
 async fn proxy(
     ctx: &ConnContext,
     rule: &Arc<Rule>,
-    mut req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     authority: HeaderValue,
     new_host: Option<String>,
     new_path: Option<String>,
@@ -224,8 +225,8 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     let shared = &ctx.shared;
     let now = now_ms();
-    let upgrade = upgrade_protocol(&req);
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let upgrade = upgrade_protocol(req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
     let exchange = if upgrade.is_some() {
         Exchange::Upgrade
     } else if req.body().is_end_stream() && req.method() != http::Method::CONNECT {
@@ -296,7 +297,7 @@ async fn proxy(
     }
     let body_over_limit = req.body().over_limit();
     let version = req.version();
-    let (upstream_req, forwarded) = match upstream_request(
+    let forwarded = match upstream_request(
         ctx,
         req,
         authority,
@@ -312,12 +313,12 @@ async fn proxy(
     // As in `route_and_proxy`: the send future is built in its arm, not held in a local.
     let result = match rule.timeouts.backend_request {
         Some(limit) => {
-            match tokio::time::timeout(limit, ctx.upstreams.send(addr, conn, upstream_req, forwarded, reusable)).await {
+            match tokio::time::timeout(limit, ctx.upstreams.send(addr, conn, req, forwarded, reusable)).await {
                 Ok(r) => r,
                 Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "backend request timed out\n"),
             }
         }
-        None => ctx.upstreams.send(addr, conn, upstream_req, forwarded, reusable).await,
+        None => ctx.upstreams.send(addr, conn, req, forwarded, reusable).await,
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -615,56 +616,57 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
 
 fn upstream_request(
     ctx: &ConnContext,
-    req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     authority: HeaderValue,
     new_host: Option<&str>,
     new_path: Option<&str>,
     protocol: sessile_core::UpstreamProtocol,
     upgrade: Option<&str>,
-) -> Result<(Request<RequestBody>, Forwarded), &'static str> {
-    let (mut parts, body) = req.into_parts();
-    let noted = strip_hop_by_hop(&mut parts.headers);
+) -> Result<Forwarded, &'static str> {
+    let noted = strip_hop_by_hop(req.headers_mut());
     let bad = |_| "invalid request target\n";
-    let path_and_query = || match (new_path, parts.uri.query()) {
+    let path_and_query = |uri: &Uri| match (new_path, uri.query()) {
         (Some(p), Some(q)) => format!("{p}?{q}"),
         (Some(p), None) => p.to_string(),
-        (None, _) => parts.uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string()),
+        (None, _) => uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string()),
     };
     match protocol {
         sessile_core::UpstreamProtocol::Http1 => {
-            parts.version = Version::HTTP_11;
+            *req.version_mut() = Version::HTTP_11;
             // An HTTP/1.1 origin-form target passes through as is (no re-parse) unless rewritten.
-            if new_path.is_some() || parts.uri.authority().is_some() {
-                parts.uri = Uri::try_from(path_and_query()).map_err(bad)?;
+            if new_path.is_some() || req.uri().authority().is_some() {
+                *req.uri_mut() = Uri::try_from(path_and_query(req.uri())).map_err(bad)?;
             }
-            join_cookie_fields(&mut parts.headers);
+            let headers = req.headers_mut();
+            join_cookie_fields(headers);
             match new_host {
                 Some(host) => {
                     let v = HeaderValue::from_str(host).map_err(|_| "invalid host\n")?;
-                    parts.headers.insert(header::HOST, v);
+                    headers.insert(header::HOST, v);
                 }
-                None if parts.headers.get(header::HOST) != Some(&authority) => {
-                    parts.headers.insert(header::HOST, authority);
+                None if headers.get(header::HOST) != Some(&authority) => {
+                    headers.insert(header::HOST, authority);
                 }
                 None => {}
             }
         }
         sessile_core::UpstreamProtocol::H2c => {
-            parts.version = Version::HTTP_2;
+            *req.version_mut() = Version::HTTP_2;
             let host = new_host.unwrap_or(authority_str(&authority));
-            parts.uri = Uri::try_from(format!("http://{host}{}", path_and_query())).map_err(bad)?;
-            parts.headers.remove(header::HOST);
+            *req.uri_mut() = Uri::try_from(format!("http://{host}{}", path_and_query(req.uri()))).map_err(bad)?;
+            req.headers_mut().remove(header::HOST);
         }
     }
+    let headers = req.headers_mut();
     if let Some(proto) = upgrade
         && let Ok(v) = HeaderValue::from_str(proto)
     {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, v);
     }
     // Every X-Forwarded-For field line counts, in order (a list header may be split across lines).
     let prev: Vec<&str> = if noted.forwarded_for {
-        parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect()
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect()
     } else {
         Vec::new()
     };
@@ -673,15 +675,14 @@ fn upstream_request(
         ctx.peer_ip.clone()
     } else {
         let joined = HeaderValue::from_str(&format!("{}, {}", prev.join(", "), ctx.peer.ip()));
-        parts.headers.remove("x-forwarded-for");
+        headers.remove("x-forwarded-for");
         joined.unwrap_or_else(|_| ctx.peer_ip.clone())
     };
     if noted.forwarded_proto {
         // The client's claim is replaced by what this hop saw.
-        parts.headers.remove("x-forwarded-proto");
+        headers.remove("x-forwarded-proto");
     }
-    let forwarded = Forwarded { forwarded_for, https: ctx.https };
-    Ok((Request::from_parts(parts, body), forwarded))
+    Ok(Forwarded { forwarded_for, https: ctx.https })
 }
 
 fn redirect<B>(

@@ -202,13 +202,14 @@ impl Upstreams {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         forwarded: Forwarded,
         reusable: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match conn {
             Conn::Direct(conn) => self.exchange(addr, conn, req, &forwarded).await,
             Conn::H1(mut sender) => {
+                let mut req = std::mem::take(req);
                 forwarded.insert_into(req.headers_mut());
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
                 let mut release = reusable.then(|| Release { pool: self.clone(), addr, sender });
@@ -220,6 +221,7 @@ impl Upstreams {
                 Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release }, deadline: None }))
             }
             Conn::H2(mut sender) => {
+                let mut req = std::mem::take(req);
                 forwarded.insert_into(req.headers_mut());
                 let resp = sender.send_request(req).await.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?;
                 Ok(resp.map(|body| UpstreamBody { inner: Inner::Hyper { body, release: None }, deadline: None }))
@@ -227,24 +229,25 @@ impl Upstreams {
         }
     }
 
-    /// A bodiless request over a direct connection; the request's body (empty) is dropped here.
+    /// A bodiless request over a direct connection. The request stays with the caller (moving
+    /// it into each phase's state cost a copy per phase); its header map goes back to the pool.
     async fn exchange(
         self: &Arc<Self>,
         addr: SocketAddr,
         mut conn: Box<DirectConn>,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         forwarded: &Forwarded,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let (mut parts, _) = req.into_parts();
-        conn.encode_request(&parts, forwarded);
-        direct_h1::recycle_header_map(std::mem::take(&mut parts.headers));
-        let (head, framing) = match conn.round_trip(&parts.method).await {
+        conn.encode_request(req, forwarded);
+        direct_h1::recycle_header_map(std::mem::take(req.headers_mut()));
+        let method = req.method();
+        let (head, framing) = match conn.round_trip(method).await {
             Ok(r) => r,
-            Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && parts.method.is_idempotent() => {
+            Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && method.is_idempotent() => {
                 tracing::debug!(endpoint = %addr, error = %e, "pooled connection closed while idle; sending again on a new one");
                 let mut fresh = DirectConn::new(self.connect(addr).await.map_err(|e| ProxyError::upstream(e.message))?);
                 fresh.take_request_from(&mut conn);
-                let r = fresh.round_trip(&parts.method).await;
+                let r = fresh.round_trip(method).await;
                 conn = fresh;
                 r.map_err(|e| ProxyError::upstream(format!("{addr}: {e}")))?
             }
