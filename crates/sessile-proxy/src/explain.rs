@@ -18,9 +18,7 @@ use sessile_core::{
     BackendTarget, EndpointState, Filter, ListenerProtocol, PickMode, PortConfig, Rule, SessionCarrier, SessionPolicy,
     SessionSource,
 };
-use sessile_session::{
-    Claims, Freshness, MAX_CANDIDATES, SessionTimeouts, TokenMemo, cookie_values, freshness, header_values, judge, open,
-};
+use sessile_session::{Claims, Freshness, MAX_CANDIDATES, SessionTimeouts, TokenMemo, freshness, judge, open};
 
 use crate::session::{self, Choice, Decision, SessionFlag};
 use crate::state::Shared;
@@ -417,15 +415,7 @@ fn session_info(
     };
     let keys = shared.keys();
     let timeouts = SessionTimeouts { absolute: policy.absolute_timeout, idle: policy.idle_timeout };
-    let tokens: Vec<&str> = match &policy.carrier {
-        SessionCarrier::Cookie { name, .. } => {
-            let lines = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
-            cookie_values(lines, name).collect()
-        }
-        SessionCarrier::Header { name } => {
-            header_values(headers.get_all(name).iter().filter_map(|v| v.to_str().ok())).collect()
-        }
-    };
+    let tokens: Vec<&str> = crate::session::carried_tokens(headers, &policy.carrier).collect();
     let tokens = tokens
         .into_iter()
         .filter(|t| !t.is_empty())

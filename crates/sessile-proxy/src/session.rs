@@ -142,16 +142,8 @@ pub fn choose_with(
         }
         eligibility
     };
-    let outcome = match &policy.carrier {
-        SessionCarrier::Cookie { name, .. } => {
-            let lines = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
-            resolve_remembering(memo, &keys, policy.scope, cookie_values(lines, name), now_ms, &timeouts, eligible)
-        }
-        SessionCarrier::Header { name } => {
-            let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-            resolve_remembering(memo, &keys, policy.scope, header_values(values), now_ms, &timeouts, eligible)
-        }
-    };
+    let tokens = carried_tokens(headers, &policy.carrier);
+    let outcome = resolve_remembering(memo, &keys, policy.scope, tokens, now_ms, &timeouts, eligible);
     match (outcome, resumed_target) {
         (Ok(resumed), Some(target)) => {
             let issue = resumed.refresh.then_some(Claims { refreshed_ms: now_ms, ..resumed.claims });
@@ -180,6 +172,25 @@ pub fn choose_with(
 }
 
 /// Claims for a fresh session on `target`.
+/// The session tokens a request carries, in order: the values of the named cookie, or the
+/// comma-separated values of the named header, across all their field lines.
+///
+/// Field values are read as UTF-8, not with `HeaderValue::to_str`: its visible-ASCII check
+/// walks the value a byte at a time (~4 instructions a byte, most of the cost of finding a
+/// 100-byte token), and a token is base64url, so any other character fails when it is opened.
+pub(crate) fn carried_tokens<'a>(headers: &'a HeaderMap, carrier: &'a SessionCarrier) -> impl Iterator<Item = &'a str> {
+    let text = |values: http::header::GetAll<'a, http::HeaderValue>| {
+        values.into_iter().filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+    };
+    let (cookie, header) = match carrier {
+        SessionCarrier::Cookie { name, .. } => (Some(name.as_str()), None),
+        SessionCarrier::Header { name } => (None, Some(name)),
+    };
+    let cookies = cookie.into_iter().flat_map(move |name| cookie_values(text(headers.get_all(COOKIE)), name));
+    let header = header.into_iter().flat_map(move |name| header_values(text(headers.get_all(name))));
+    cookies.chain(header)
+}
+
 pub fn new_claims(policy: &SessionPolicy, target: &Target, now_ms: u64) -> Claims {
     Claims {
         scope: policy.scope,
@@ -276,4 +287,29 @@ fn pick_new_with(
         }
     }
     Err(NoTarget::NoEndpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn carried_tokens_read_every_field_line_and_skip_only_what_is_not_text() {
+        let cookie = SessionCarrier::Cookie { name: "sid".into(), path: "/".into(), permanent: false };
+        let mut headers = HeaderMap::new();
+        // Another application's cookie with UTF-8 in it does not hide the session cookie beside it.
+        headers.append(COOKIE, HeaderValue::from_bytes("pref=café; sid=tok1".as_bytes()).unwrap());
+        headers.append(COOKIE, HeaderValue::from_bytes(b"sid=\xff\xfe").unwrap());
+        headers.append(COOKIE, HeaderValue::from_static("a=1;sid=\"tok2\""));
+        assert_eq!(carried_tokens(&headers, &cookie).collect::<Vec<_>>(), ["tok1", "tok2"]);
+
+        let header = SessionCarrier::Header { name: http::HeaderName::from_static("x-session") };
+        headers.append("x-session", HeaderValue::from_static("tok3, tok4"));
+        headers.append("x-session", HeaderValue::from_bytes(b"\xc3(").unwrap());
+        headers.append("x-session", HeaderValue::from_static(" tok5 "));
+        assert_eq!(carried_tokens(&headers, &header).collect::<Vec<_>>(), ["tok3", "tok4", "tok5"]);
+        assert_eq!(carried_tokens(&HeaderMap::new(), &cookie).count(), 0);
+    }
 }
