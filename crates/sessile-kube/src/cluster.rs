@@ -125,7 +125,8 @@ impl Cluster {
         }
         v.synced = synced;
         let versions = *v;
-        drop(stores);
+        // Sent with the lock still held: reflectors update concurrently, and a send made after the lock
+        // is released can land after a newer one, leaving a stale value (say, not yet synced) for good.
         self.changes.send_if_modified(|cur| {
             let moved = *cur != versions;
             *cur = versions;
