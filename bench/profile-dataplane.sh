@@ -19,7 +19,8 @@
 #        BODY_BYTES=0 (the backends' 15-byte answer; N: every response carries an N-byte body)
 #        PROFILE=none|strace|perf  LOAD_CPU=0 PROXY_CPU=1  SESSILE_BIN  OUT=bench/results/profile-<ts>
 #        PERF_FREQ=2000 PERF_CALLGRAPH=fp (or dwarf: slower, but sees through frame-pointer-less code)
-# Prints req/s, proxy CPU us/request (utime+stime from /proc), and the profile summary.
+# Prints req/s, proxy CPU us/request (utime+stime from /proc), loopback TCP segments per request
+# (nstat, when installed), and the profile summary.
 # Everything it starts is stopped by PID on exit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -145,6 +146,9 @@ hz=$(getconf CLK_TCK)
 # Warm up the upstream pool.
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$lua" "http://127.0.0.1:$PORT/" >/dev/null
 t0=$(ticks) s0=$(sys_ticks) f0=$(minor_faults) c0=$(ctx_switches)
+# Loopback TCP segments (all processes: proxy, wrk and backends) during the measured run.
+export NSTAT_HISTORY=$OUT/nstat.history
+command -v nstat >/dev/null && nstat -n
 case "$PROFILE" in
   strace) strace -c -f -p "$spid" -o "$OUT/strace.txt" & prof=$! ;;
   callgrind) callgrind_control -z "$spid" >/dev/null; prof= ;;
@@ -154,6 +158,7 @@ esac
 sleep 0.3
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/" | tee "$OUT/wrk.txt"
 t1=$(ticks) s1=$(sys_ticks) f1=$(minor_faults) c1=$(ctx_switches)
+command -v nstat >/dev/null && nstat -z >"$OUT/nstat.txt"
 if [ -n "$prof" ]; then kill -INT "$prof" 2>/dev/null || true; wait "$prof" 2>/dev/null || true; fi
 reqs=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")
 if [ "$PROFILE" = callgrind ]; then
@@ -167,6 +172,10 @@ if [ "$PROFILE" = callgrind ]; then
 fi
 echo "proxy=$PROXY mode=$MODE scenario=$SCENARIO load=$(cut -d' ' -f1-3 /proc/loadavg)"
 awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v s=$((s1 - s0)) -v f=$((f1 - f0)) -v c=$((c1 - c0)) 'BEGIN{printf "proxy CPU: %.1f us/request (user %.1f, system %.1f; %d requests; %.3f page faults/request; %.3f sleeps/request)\n", t / hz * 1e6 / n, (t - s) / hz * 1e6 / n, s / hz * 1e6 / n, n, f / n, c / n}'
+if [ -s "$OUT/nstat.txt" ]; then
+  echo "TCP segments per request on loopback (every process; nstat):"
+  awk -v n="$reqs" '$1 ~ /^(TcpInSegs|TcpOutSegs|TcpExtDelayedACKs|TcpExtTCPPureAcks|TcpExtTCPHPAcks|TcpExtTCPHPHits|TcpExtTCPAutoCorking|TcpExtTCPBacklogCoalesce)$/ {printf "  %-26s %6.3f/req\n", $1, $2 / n}' "$OUT/nstat.txt"
+fi
 if [ "$PROFILE" = strace ]; then
   echo "system calls per request (strace slows the proxy; counts, not times, are the point):"
   awk -v n="$reqs" 'NR>2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f/req  errors %s\n", $NF, $4 / n, ($5 ~ /^[0-9]+$/ ? $5 : 0)}' "$OUT/strace.txt" | sort -k2 -rn | head -12
