@@ -102,7 +102,8 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
 
         // The byte scanner is off here: the verdict is the parser's.
         let (token, _) = tracker.begin_request(Version::HTTP_11);
-        let mut req = Request::from_parts(parts, RequestBody::empty(token.clone()));
+        // The request has no body; `token` keeps it in flight until its answer is written.
+        let mut req = Request::from_parts(parts, RequestBody::default());
         if let Some(v) = verdict {
             req.extensions_mut().insert(v);
         }

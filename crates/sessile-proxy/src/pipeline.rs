@@ -551,14 +551,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
     let mut present = 0u8;
     let mut te = false;
     let mut noted = Noted::default();
-    for name in headers.keys() {
+    // Whether a Connection field names other fields; the usual lone `keep-alive` or `close`
+    // names none (read on this pass: a later `get_all` would hash the name again).
+    let mut connection_lists_names = false;
+    for (name, value) in headers.iter() {
         // A string match compares lengths first: one comparison for most names.
         match name.as_str() {
+            "connection" => {
+                present |= 1;
+                let v = value.as_bytes();
+                connection_lists_names |= !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close");
+            }
             "te" => te = true,
             "x-forwarded-for" => noted.forwarded_for = true,
             "x-forwarded-proto" => noted.forwarded_proto = true,
-            "connection"
-            | "keep-alive"
+            "keep-alive"
             | "proxy-connection"
             | "proxy-authenticate"
             | "proxy-authorization"
@@ -572,12 +579,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
     if present == 0 && !te {
         return noted;
     }
-    // Names the Connection header (bit 0: `HOP_BY_HOP[0]`) lists besides the fixed ones; the
-    // usual lone `keep-alive` or `close` names none.
-    let lists_names = |v: &HeaderValue| {
-        !v.as_bytes().eq_ignore_ascii_case(b"keep-alive") && !v.as_bytes().eq_ignore_ascii_case(b"close")
-    };
-    let named: Vec<HeaderName> = if present & 1 != 0 && headers.get_all(header::CONNECTION).iter().any(lists_names) {
+    // Names the Connection header (bit 0: `HOP_BY_HOP[0]`) lists besides the fixed ones.
+    let named: Vec<HeaderName> = if connection_lists_names {
         headers
             .get_all(header::CONNECTION)
             .iter()

@@ -392,6 +392,7 @@ async fn drive_connection<T>(
     }
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (token, verdict) = tracker.begin_request(req.version());
+        let token = Arc::new(token);
         let limit = ctx.limits.max_request_body;
         let mut req = req.map(|body| RequestBody::new(body, limit, Some(token.clone())));
         if let Some(v) = verdict {
