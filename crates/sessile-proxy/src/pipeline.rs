@@ -807,6 +807,8 @@ mod tests {
         let cases: &[Case] = &[
             (&[("content-type", "text/plain"), ("x-a", "1")], &["content-type", "x-a"], None),
             (&[("connection", "keep-alive"), ("x-a", "1")], &["x-a"], None),
+            // A name listed on a later Connection line than a lone `keep-alive` still goes.
+            (&[("connection", "keep-alive"), ("connection", "x-b"), ("x-b", "1"), ("x-a", "1")], &["x-a"], None),
             (
                 &[
                     ("connection", "close, X-Foo"),
