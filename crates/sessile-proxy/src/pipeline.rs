@@ -558,7 +558,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
         // A string match compares lengths first: one comparison for most names.
         match name.as_str() {
             "connection" => {
-                present |= 1;
+                present |= 1; // bit 0: `HOP_BY_HOP[0]`
                 let v = value.as_bytes();
                 connection_lists_names |= !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close");
             }
