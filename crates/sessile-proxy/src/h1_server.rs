@@ -82,9 +82,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
                     Head::Incomplete => {}
                 }
             }
-            if buf.capacity() - buf.len() < MIN_READ {
-                buf.reserve(READ_RESERVE);
-            }
+            make_read_room(&mut buf);
             let read = if buf.is_empty() {
                 tokio::select! {
                     biased;
@@ -142,6 +140,19 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(_) => return Served::Closed,
         }
+    }
+}
+
+/// Gives `buf` at least `MIN_READ` bytes of room for the next read. Each head is split off the
+/// buffer's front, so reads would walk through the whole allocation, each landing on lines not
+/// touched since this connection's earlier requests (the kernel's copy and the parse then pay the
+/// cache misses); once the last head is dropped, an empty buffer is read into from its start.
+fn make_read_room(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(READ_RESERVE);
+    }
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_RESERVE);
     }
 }
 
@@ -506,6 +517,25 @@ mod tests {
         let mut buf = BytesMut::from(text);
         let head = parse_request_head(&mut buf, &mut NameCache::default(), &mut Fields::default(), 100);
         (head, buf)
+    }
+
+    #[test]
+    fn an_emptied_read_buffer_is_read_into_from_its_start_once_the_heads_are_dropped() {
+        let mut buf = BytesMut::with_capacity(READ_RESERVE);
+        make_read_room(&mut buf);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        let head = buf.split_to(buf.len()).freeze();
+        make_read_room(&mut buf);
+        assert_ne!(buf.as_ptr(), start, "the head still holds the front");
+        buf.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+        make_read_room(&mut buf);
+        assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\n", "buffered bytes are kept where they are");
+        let partial = buf.split();
+        drop((head, partial));
+        make_read_room(&mut buf);
+        assert_eq!(buf.as_ptr(), start);
+        assert!(buf.capacity() >= READ_RESERVE);
     }
 
     #[test]
