@@ -278,6 +278,14 @@ impl<B> LoggedBody<B> {
         LoggedBody { inner, pending: entry.map(Box::new), bytes: 0 }
     }
 
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
     fn finish(&mut self) {
         if let Some(pending) = self.pending.take() {
             let (entry, shared) = *pending;

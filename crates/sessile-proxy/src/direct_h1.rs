@@ -149,7 +149,10 @@ impl DirectConn {
     }
 
     /// Sends the encoded request and reads the final response head (interim 1xx heads skipped).
-    pub async fn round_trip(&mut self, method: &Method) -> Result<(Response<()>, Framing), ExchangeError> {
+    pub async fn round_trip(
+        &mut self,
+        method: &Method,
+    ) -> Result<(Response<()>, Framing, PassedFields), ExchangeError> {
         let reused = self.served > 0;
         self.served += 1;
         // A connection has no read buffer here: a new one never had one, and a pooled one gave
@@ -164,10 +167,9 @@ impl DirectConn {
         loop {
             if !self.read_buf.is_empty() {
                 received = true;
-                if let Some((head, framing)) =
-                    parse_response_head(&mut self.read_buf, method, &mut self.names, &mut self.fields)?
+                if let Some(head) = parse_response_head(&mut self.read_buf, method, &mut self.names, &mut self.fields)?
                 {
-                    return Ok((head, framing));
+                    return Ok(head);
                 }
                 if self.read_buf.len() > MAX_HEAD_BYTES {
                     return Err(ExchangeError::Invalid("response head too large"));
@@ -280,24 +282,133 @@ impl Fields {
 
     /// The header map of `head` (the bytes the fields were recorded from), its values sharing
     /// them; `note` sees every field as it is added. `room` extra fields fit without growing.
+    /// With `passed`, the fields it takes (`PassedFields::takes`) go there instead of the map.
     pub(crate) fn header_map(
         &self,
         head: &Bytes,
         names: &mut NameCache,
         room: usize,
         mut note: impl FnMut(&HeaderName, &HeaderValue) -> Result<(), &'static str>,
+        mut passed: Option<&mut PassedFields>,
     ) -> Result<HeaderMap, &'static str> {
-        let mut headers = hot_header_map(self.count + room);
         let fields = if self.count <= INLINE_FIELDS { &self.inline[..self.count] } else { &self.spilled[..] };
+        // Passing fields by, the map keeps only the few the proxy reads (framing, hop-by-hop...).
+        let mut headers = hot_header_map(if passed.is_some() { room + 4 } else { self.count + room });
         for (i, f) in fields.iter().enumerate() {
             let (name, value) = (f.name as usize, f.value as usize);
             let name = names.name(i, &head[name..name + f.name_len as usize])?;
+            if let Some(passed) = passed.as_deref_mut()
+                && PassedFields::takes(&name)
+            {
+                passed.push(name, value, f.value_len);
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
                 .map_err(|_| "header value")?;
             note(&name, &value)?;
             headers.append(name, value);
         }
+        if let Some(passed) = passed
+            && !passed.fields.is_empty()
+        {
+            passed.head = head.clone();
+        }
         Ok(headers)
+    }
+}
+
+/// Response fields the proxy neither reads nor changes (`Server`, `Content-Type`, an
+/// application's own fields...): their names and where their values sit in the response head,
+/// instead of entries in the header map.
+///
+/// Why: each map entry cost a shared `Bytes` (an atomic increment, and a decrement when the map
+/// is cleared), a check of every value byte that httparse already made, and a hashed insert;
+/// together the largest user-space cost of a proxied response. The direct HTTP/1.1 server
+/// writes these fields from here (`write_h1`); every other reader of the response first moves
+/// them into the map (`restore_into`). Fields the proxy reads or changes stay in the map:
+/// framing and hop-by-hop fields, `Cache-Control` and `Set-Cookie` (the session phase reads or
+/// adds them), and everything when the `Connection` field names other fields.
+pub struct PassedFields {
+    head: Bytes,
+    fields: Vec<(HeaderName, u32, u32)>,
+    has_date: bool,
+}
+
+impl PassedFields {
+    /// Whether a field of this name may skip the map.
+    fn takes(name: &HeaderName) -> bool {
+        !matches!(
+            *name,
+            header::CONTENT_LENGTH
+                | header::TRANSFER_ENCODING
+                | header::CONNECTION
+                | header::TE
+                | header::TRAILER
+                | header::UPGRADE
+                | header::CACHE_CONTROL
+                | header::SET_COOKIE
+        ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    }
+
+    fn new() -> PassedFields {
+        PassedFields {
+            head: Bytes::new(),
+            fields: PASSED_LISTS.with(HotPool::take).unwrap_or_default(),
+            has_date: false,
+        }
+    }
+
+    fn push(&mut self, name: HeaderName, value: usize, value_len: u32) {
+        self.has_date |= name == header::DATE;
+        self.fields.push((name, value as u32, value_len));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Whether the backend sent a `Date` field (the writer adds one otherwise).
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Whether a field of this name is here.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.fields.iter().any(|(n, ..)| n == name)
+    }
+
+    /// Writes the fields as HTTP/1.1 lines, names lowercased as the map's are.
+    pub fn write_h1(&self, out: &mut Vec<u8>) {
+        for (name, value, len) in &self.fields {
+            let value = &self.head[*value as usize..(*value + *len) as usize];
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Moves the fields into `headers`, after the fields already there.
+    pub fn restore_into(&mut self, headers: &mut HeaderMap) {
+        for (name, value, len) in self.fields.drain(..) {
+            let (value, len) = (value as usize, len as usize);
+            // httparse accepted these bytes, and they are what `HeaderValue` accepts too.
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(value..value + len)) {
+                headers.append(name, value);
+            }
+        }
+        self.has_date = false;
+        self.head = Bytes::new();
+    }
+}
+
+impl Drop for PassedFields {
+    fn drop(&mut self) {
+        let mut list = std::mem::take(&mut self.fields);
+        if list.capacity() > 0 && list.capacity() <= HOT_HEADER_MAP_CAPACITY {
+            list.clear();
+            PASSED_LISTS.with(|pool| pool.put(list));
+        }
     }
 }
 
@@ -308,7 +419,7 @@ fn parse_response_head(
     method: &Method,
     names: &mut NameCache,
     fields: &mut Fields,
-) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
+) -> Result<Option<(Response<()>, Framing, PassedFields)>, ExchangeError> {
     loop {
         let (len, code, minor, reason) = {
             let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -343,9 +454,14 @@ fn parse_response_head(
         let mut delimiting = Delimiting::default();
         // Room for what the response phase adds (Set-Cookie, Cache-Control, filters) without
         // growing and rehashing the map (~1,500 instructions when it did).
+        let mut passed = PassedFields::new();
         let mut headers = fields
-            .header_map(&head, names, 4, |name, value| delimiting.note(name, value))
+            .header_map(&head, names, 4, |name, value| delimiting.note(name, value), Some(&mut passed))
             .map_err(ExchangeError::Invalid)?;
+        if delimiting.connection_names_fields {
+            // `strip_hop_by_hop` removes the fields it names, so they must be in the map.
+            passed.restore_into(&mut headers);
+        }
         let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
         let framing = response_framing(method, status, version, delimiting, &mut headers)?;
         let mut resp = Response::new(());
@@ -355,7 +471,7 @@ fn parse_response_head(
         if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
             resp.extensions_mut().insert(reason);
         }
-        return Ok(Some((resp, framing)));
+        return Ok(Some((resp, framing, passed)));
     }
 }
 
@@ -365,6 +481,8 @@ struct Delimiting {
     content_length: Option<u64>,
     transfer_encoding: bool,
     connection_close: bool,
+    /// `Connection` lists something besides `close` and `keep-alive`: fields to remove.
+    connection_names_fields: bool,
 }
 
 impl Delimiting {
@@ -380,7 +498,13 @@ impl Delimiting {
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if *name == header::CONNECTION {
-            self.connection_close |= has_token(value.as_bytes(), b"close");
+            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.connection_close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.connection_names_fields = true;
+                }
+            }
         }
         Ok(())
     }
@@ -465,6 +589,8 @@ thread_local! {
     /// Header maps of finished messages (two per proxied request: the request's and the
     /// response's), cleared: a parsed head fills one instead of allocating its two arrays.
     static HOT_HEADER_MAPS: HotPool<HeaderMap> = const { HotPool::new(64) };
+    /// The lists of `PassedFields` of finished responses, cleared.
+    static PASSED_LISTS: HotPool<Vec<(HeaderName, u32, u32)>> = const { HotPool::new(64) };
 }
 
 /// A map grown past this by an unusual head goes back to the allocator, not to the pool.
@@ -629,17 +755,26 @@ pub struct DirectBody {
     keep_alive: bool,
     /// Where the connection goes back when the body ends cleanly.
     pool: Option<(Arc<Upstreams>, SocketAddr)>,
+    /// The response's fields kept out of its header map.
+    passed: PassedFields,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl DirectBody {
-    pub fn new(conn: Box<DirectConn>, framing: Framing, pool: Arc<Upstreams>, addr: SocketAddr) -> DirectBody {
+    pub fn new(
+        conn: Box<DirectConn>,
+        framing: Framing,
+        passed: PassedFields,
+        pool: Arc<Upstreams>,
+        addr: SocketAddr,
+    ) -> DirectBody {
         let mut body = DirectBody {
             conn: Some(conn),
             framing: framing.body,
             keep_alive: framing.keep_alive,
             pool: Some((pool, addr)),
+            passed,
         };
         if body.framing == BodyFraming::Empty {
             body.finish();
@@ -659,6 +794,14 @@ impl DirectBody {
             recycle(std::mem::take(&mut conn.read_buf));
             pool.give_back_direct(addr, conn);
         }
+    }
+
+    pub fn passed_fields(&self) -> &PassedFields {
+        &self.passed
+    }
+
+    pub fn passed_fields_mut(&mut self) -> &mut PassedFields {
+        &mut self.passed
     }
 
     /// Stops using the connection (a deadline passed mid-body): it is closed, never pooled.
@@ -802,8 +945,21 @@ mod tests {
         }
     }
 
+    /// A parsed response head with its passed fields moved back into the map.
     fn head(text: &str, method: Method) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
-        parse_response_head(&mut BytesMut::from(text), &method, &mut NameCache::default(), &mut Fields::default())
+        parse(&mut BytesMut::from(text), method, &mut NameCache::default(), &mut Fields::default())
+    }
+
+    fn parse(
+        buf: &mut BytesMut,
+        method: Method,
+        names: &mut NameCache,
+        fields: &mut Fields,
+    ) -> Result<Option<(Response<()>, Framing)>, ExchangeError> {
+        Ok(parse_response_head(buf, &method, names, fields)?.map(|(mut resp, framing, mut passed)| {
+            passed.restore_into(resp.headers_mut());
+            (resp, framing)
+        }))
     }
 
     #[test]
@@ -853,29 +1009,66 @@ mod tests {
         // As on one connection: the name cache and the field offsets are reused by every head.
         let (mut names, mut fields) = (NameCache::default(), Fields::default());
         let mut parse = |text: &str| {
-            let (resp, _) =
-                parse_response_head(&mut BytesMut::from(text), &Method::GET, &mut names, &mut fields).unwrap().unwrap();
+            let (resp, _) = parse(&mut BytesMut::from(text), Method::GET, &mut names, &mut fields).unwrap().unwrap();
             resp.headers().iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect::<Vec<_>>()
         };
         let first = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Custom: a\r\n\r\n");
         assert_eq!(first, ["content-length=0", "x-custom=a"]);
         let same = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Custom: b\r\n\r\n");
         assert_eq!(same, ["content-length=0", "x-custom=b"]);
+        // (Passed fields follow the map's: fields of different names keep no order in HTTP.)
         let moved = parse("HTTP/1.1 200 OK\r\nX-Custom: c\r\nContent-Length: 0\r\nX-Other: d\r\n\r\n");
         assert_eq!(
             moved,
-            ["x-custom=c", "content-length=0", "x-other=d"],
+            ["content-length=0", "x-custom=c", "x-other=d"],
             "a name in another position is not taken from the cache"
         );
         let respelled = parse("HTTP/1.1 200 OK\r\nx-custom: e\r\nCONTENT-LENGTH: 0\r\nX-Othe: f\r\n\r\n");
-        assert_eq!(respelled, ["x-custom=e", "content-length=0", "x-othe=f"]);
+        assert_eq!(respelled, ["content-length=0", "x-custom=e", "x-othe=f"]);
         // Past the inline offsets and back: each head's fields are its own.
         let many: String = (0..INLINE_FIELDS + 6).map(|i| format!("X-F{i}: {i}\r\n")).collect();
         let big = parse(&format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n"));
         assert_eq!(big.len(), INLINE_FIELDS + 7);
-        assert_eq!((big[0].as_str(), big[INLINE_FIELDS + 5].as_str()), ("x-f0=0", "x-f29=29"));
+        assert_eq!((big[1].as_str(), big[INLINE_FIELDS + 6].as_str()), ("x-f0=0", "x-f29=29"));
         assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), ["content-length=0"]);
         assert_eq!(parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).len(), INLINE_FIELDS + 6);
+    }
+
+    #[test]
+    fn fields_the_proxy_never_reads_skip_the_map_and_are_written_as_they_came() {
+        let text = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 21:00:00 GMT\r\nContent-Length: 2\r\n\
+                    Connection: keep-alive\r\nSet-Cookie: app=1\r\nCache-Control: max-age=5\r\nX-App: a\r\nx-app: b\r\n\r\nok";
+        let (resp, _, passed) = parse_response_head(
+            &mut BytesMut::from(text),
+            &Method::GET,
+            &mut NameCache::default(),
+            &mut Fields::default(),
+        )
+        .unwrap()
+        .unwrap();
+        let kept: Vec<_> = resp.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(kept, ["content-length", "connection", "set-cookie", "cache-control"]);
+        assert!(passed.has_date() && passed.contains(&HeaderName::from_static("x-app")));
+        let mut out = Vec::new();
+        passed.write_h1(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "server: nginx\r\ndate: Sun, 06 Dec 2026 21:00:00 GMT\r\nx-app: a\r\nx-app: b\r\n"
+        );
+
+        // A Connection field that names other fields: all stay in the map, for the hop-by-hop phase.
+        let text = "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nServer: nginx\r\nConnection: keep-alive, X-Hop\r\nContent-Length: 0\r\n\r\n";
+        let (resp, _, passed) = parse_response_head(
+            &mut BytesMut::from(text),
+            &Method::GET,
+            &mut NameCache::default(),
+            &mut Fields::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(passed.is_empty() && !passed.has_date());
+        assert_eq!(resp.headers().len(), 4);
+        assert_eq!(resp.headers()["x-hop"], "1");
     }
 
     #[test]
@@ -883,9 +1076,8 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 299 Custom\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok",
         );
-        let (resp, f) = parse_response_head(&mut buf, &Method::GET, &mut NameCache::default(), &mut Fields::default())
-            .unwrap()
-            .unwrap();
+        let (resp, f) =
+            parse(&mut buf, Method::GET, &mut NameCache::default(), &mut Fields::default()).unwrap().unwrap();
         assert_eq!(resp.status().as_u16(), 299);
         assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert!(resp.headers().get("link").is_none(), "the 103's fields are not the final response's");

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::direct_h1::{Fields, NameCache, has_token, recycle_header_map};
 use crate::limits::{ConnTracker, HeadVerdict, RequestBody};
-use crate::pipeline::{ConnContext, LoggedResponseBody, handle};
+use crate::pipeline::{ConnContext, LoggedResponseBody, PassesFields, handle};
 
 /// How a connection left this module.
 #[derive(Debug)]
@@ -234,10 +234,16 @@ fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, fields: &mut Fi
     };
     let head = buf.split_to(len).freeze();
     let mut seen = Seen::default();
-    let headers = fields.header_map(&head, names, 2, |name, value| {
-        seen.note(name, value.as_bytes());
-        Ok(())
-    });
+    let headers = fields.header_map(
+        &head,
+        names,
+        2,
+        |name, value| {
+            seen.note(name, value.as_bytes());
+            Ok(())
+        },
+        None,
+    );
     let origin_form = head[path.start] == b'/';
     let (Ok(headers), Ok(uri)) = (headers, Uri::from_maybe_shared(head.slice(path))) else {
         return Head::HandOff(head);
@@ -357,6 +363,10 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(passed) = body.passed_fields() {
+        passed.write_h1(out);
+        wrote_date |= passed.has_date();
     }
     let framing = match framing {
         Some(length) => length,

@@ -19,6 +19,7 @@ use sessile_session::{
 };
 
 use crate::access_log::{self, AccessLog, LoggedBody};
+use crate::direct_h1::PassedFields;
 use crate::limits::{Limits, Refusal, RequestBody, check_request};
 use crate::metrics::EndpointLabels;
 use crate::session::{self, Choice, SessionFlag};
@@ -335,6 +336,18 @@ async fn proxy(
     } else {
         strip_hop_by_hop(resp.headers_mut());
     }
+    // Phases that may change any field see them all (the passed fields are the backend's own).
+    let filters_change_fields =
+        rule.filters.iter().chain(backend_filters).any(|f| matches!(f, Filter::ResponseHeaders(_)));
+    let token_replaces_field = match (&decision.issue, rule.session.as_ref().map(|p| &p.carrier)) {
+        (Some(_), Some(SessionCarrier::Header { name })) => {
+            resp.body().passed_fields().is_some_and(|p| p.contains(name))
+        }
+        _ => false,
+    };
+    if filters_change_fields || token_replaces_field {
+        restore_passed_fields(&mut resp);
+    }
     for f in rule.filters.iter().chain(backend_filters) {
         if let Filter::ResponseHeaders(m) = f {
             m.apply(resp.headers_mut());
@@ -344,6 +357,42 @@ async fn proxy(
         write_token(ctx, policy, claims, now, resp.headers_mut());
     }
     resp.map(Either::Left)
+}
+
+/// A response body that may keep some of the response's fields out of its header map (a direct
+/// exchange's `PassedFields`).
+pub trait PassesFields {
+    fn passed_fields(&self) -> Option<&PassedFields>;
+    fn passed_fields_mut(&mut self) -> Option<&mut PassedFields>;
+}
+
+impl PassesFields for LoggedResponseBody {
+    fn passed_fields(&self) -> Option<&PassedFields> {
+        match self.inner() {
+            Either::Left(upstream) => upstream.passed_fields(),
+            Either::Right(_) => None,
+        }
+    }
+
+    fn passed_fields_mut(&mut self) -> Option<&mut PassedFields> {
+        match self.inner_mut() {
+            Either::Left(upstream) => upstream.passed_fields_mut(),
+            Either::Right(_) => None,
+        }
+    }
+}
+
+/// Moves the fields `resp`'s body kept out of its header map back into it: for every reader of a
+/// response but the direct HTTP/1.1 server, which writes them as they are.
+pub fn restore_passed_fields<B: PassesFields>(resp: &mut Response<B>) {
+    if resp.body().passed_fields().is_none_or(PassedFields::is_empty) {
+        return;
+    }
+    let mut headers = std::mem::take(resp.headers_mut());
+    if let Some(passed) = resp.body_mut().passed_fields_mut() {
+        passed.restore_into(&mut headers);
+    }
+    *resp.headers_mut() = headers;
 }
 
 fn write_token(

@@ -402,7 +402,8 @@ async fn drive_connection<T>(
         // under `recv_msg` ~1% of CPU); a box moves as a pointer.
         let handled = Box::pin(handle(ctx.clone(), req));
         async move {
-            let resp = handled.await?;
+            let mut resp = handled.await?;
+            crate::pipeline::restore_passed_fields(&mut resp);
             Ok::<_, std::convert::Infallible>(resp.map(|body| TrackedBody::new(body, token)))
         }
     });

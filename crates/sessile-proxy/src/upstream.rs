@@ -23,9 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessile_core::UpstreamProtocol;
 use tokio::net::TcpStream;
 
-use crate::direct_h1::{self, DirectBody, DirectConn, ExchangeError};
+use crate::direct_h1::{self, DirectBody, DirectConn, ExchangeError, PassedFields};
 use crate::error::ProxyError;
 use crate::limits::RequestBody;
+use crate::pipeline::PassesFields;
 
 /// How connections to backends are made and kept (`sessile serve --upstream-*`).
 #[derive(Debug, Clone)]
@@ -241,7 +242,7 @@ impl Upstreams {
         conn.encode_request(req, forwarded);
         direct_h1::recycle_header_map(std::mem::take(req.headers_mut()));
         let method = req.method();
-        let (head, framing) = match conn.round_trip(method).await {
+        let (head, framing, passed) = match conn.round_trip(method).await {
             Ok(r) => r,
             Err(ExchangeError::ClosedBeforeResponse(e)) if conn.served() > 1 && method.is_idempotent() => {
                 tracing::debug!(endpoint = %addr, error = %e, "pooled connection closed while idle; sending again on a new one");
@@ -253,7 +254,7 @@ impl Upstreams {
             }
             Err(e) => return Err(ProxyError::upstream(format!("{addr}: {e}"))),
         };
-        let body = DirectBody::new(conn, framing, self.clone(), addr);
+        let body = DirectBody::new(conn, framing, passed, self.clone(), addr);
         Ok(head.map(|()| UpstreamBody { inner: Inner::Direct(body), deadline: None }))
     }
 
@@ -354,6 +355,22 @@ impl UpstreamBody {
     pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
         self.deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
         self
+    }
+}
+
+impl PassesFields for UpstreamBody {
+    fn passed_fields(&self) -> Option<&PassedFields> {
+        match &self.inner {
+            Inner::Direct(body) => Some(body.passed_fields()),
+            Inner::Hyper { .. } => None,
+        }
+    }
+
+    fn passed_fields_mut(&mut self) -> Option<&mut PassedFields> {
+        match &mut self.inner {
+            Inner::Direct(body) => Some(body.passed_fields_mut()),
+            Inner::Hyper { .. } => None,
+        }
     }
 }
 

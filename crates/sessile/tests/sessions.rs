@@ -435,6 +435,34 @@ async fn header_type_issues_a_header_and_echoing_it_sticks() {
     }
 }
 
+#[tokio::test]
+async fn a_backend_field_named_like_the_session_header_gives_way_to_a_new_token() {
+    let opts = sessile_testkit::BackendOptions {
+        response_headers: vec![("x-session".into(), "from-the-app".into()), ("x-app".into(), "kept".into())],
+        ..sessile_testkit::BackendOptions::default()
+    };
+    let mut b = Vec::new();
+    for i in 0..2 {
+        b.push(sessile_testkit::start_backend_with(&format!("hb{i}"), opts.clone()).await.unwrap());
+    }
+    let gw = simple(&b, "{type: Header, header: {name: X-Session}}").await;
+    // HTTP/1.1 is written by the direct server, h2 by hyper's: both see every field.
+    for client in [TestClient::http1(), TestClient::h2c()] {
+        let first = client.send(TestRequest::get(gw.url("/"))).await.unwrap();
+        assert_eq!(first.status, 200);
+        let issued = first.header_all("x-session");
+        assert_eq!(issued.len(), 1, "one value: the token replaces the backend's field: {issued:?}");
+        assert_ne!(issued[0], "from-the-app");
+        assert_eq!(first.header_all("x-app"), ["kept"], "the backend's other fields pass");
+        let pinned = backend_of(&first);
+        let again = client.send(TestRequest::get(gw.url("/")).header("x-session", &issued[0])).await.unwrap();
+        assert_eq!(backend_of(&again), pinned);
+        assert_eq!(again.header_all("x-session"), ["from-the-app"], "no token issued: the backend's field passes");
+        assert_eq!(again.header_all("x-app"), ["kept"]);
+    }
+    gw.gateway.stop().await;
+}
+
 // ---- Timeouts --------------------------------------------------------------------------------
 
 #[tokio::test]
