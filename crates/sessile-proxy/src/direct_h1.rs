@@ -20,6 +20,7 @@ use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::pipeline::HOP_BY_HOP;
 use crate::upstream::{Forwarded, Upstreams};
 
 /// The largest response head accepted (hyper's client allows about the same).
@@ -288,7 +289,7 @@ impl Fields {
         head: &Bytes,
         names: &mut NameCache,
         room: usize,
-        mut note: impl FnMut(&HeaderName, &HeaderValue) -> Result<(), &'static str>,
+        mut note: impl FnMut(&HeaderName, &[u8]) -> Result<(), &'static str>,
         mut passed: Option<&mut PassedFields>,
     ) -> Result<HeaderMap, &'static str> {
         let fields = if self.count <= INLINE_FIELDS { &self.inline[..self.count] } else { &self.spilled[..] };
@@ -297,15 +298,19 @@ impl Fields {
         for (i, f) in fields.iter().enumerate() {
             let (name, value) = (f.name as usize, f.value as usize);
             let name = names.name(i, &head[name..name + f.name_len as usize])?;
-            if let Some(passed) = passed.as_deref_mut()
-                && PassedFields::takes(&name)
-            {
-                passed.push(name, value, f.value_len);
-                continue;
+            let range = value..value + f.value_len as usize;
+            note(&name, &head[range.clone()])?;
+            if let Some(passed) = passed.as_deref_mut() {
+                match PassedFields::place(&name, &head[range.clone()]) {
+                    Place::Map => {}
+                    Place::Passed => {
+                        passed.push(name, value, f.value_len);
+                        continue;
+                    }
+                    Place::Dropped => continue,
+                }
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(value..value + f.value_len as usize))
-                .map_err(|_| "header value")?;
-            note(&name, &value)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| "header value")?;
             headers.append(name, value);
         }
         if let Some(passed) = passed
@@ -315,6 +320,14 @@ impl Fields {
         }
         Ok(headers)
     }
+}
+
+/// Where a response field goes (`PassedFields::place`).
+enum Place {
+    Map,
+    Passed,
+    /// Hop-by-hop and naming no other field: the hop-by-hop phase would remove it anyway.
+    Dropped,
 }
 
 /// Response fields the proxy neither reads nor changes (`Server`, `Content-Type`, an
@@ -335,19 +348,25 @@ pub struct PassedFields {
 }
 
 impl PassedFields {
-    /// Whether a field of this name may skip the map.
-    fn takes(name: &HeaderName) -> bool {
-        !matches!(
-            *name,
-            header::CONTENT_LENGTH
-                | header::TRANSFER_ENCODING
-                | header::CONNECTION
-                | header::TE
-                | header::TRAILER
-                | header::UPGRADE
-                | header::CACHE_CONTROL
-                | header::SET_COOKIE
-        ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    /// Where a response field with this name and value goes.
+    fn place(name: &HeaderName, value: &[u8]) -> Place {
+        // `HeaderName` equality: standard names compare as small integers, not strings.
+        if *name == header::CONNECTION {
+            return if connection_names_fields(value) { Place::Map } else { Place::Dropped };
+        }
+        if [header::CONTENT_LENGTH, header::TE, header::TRAILER, header::CACHE_CONTROL, header::SET_COOKIE]
+            .contains(name)
+        {
+            return Place::Map;
+        }
+        if !HOP_BY_HOP.contains(name) {
+            Place::Passed
+        } else if matches!(name.as_str(), "keep-alive" | "proxy-connection") {
+            // Removed by the hop-by-hop phase in any case, and naming nothing.
+            Place::Dropped
+        } else {
+            Place::Map
+        }
     }
 
     fn new() -> PassedFields {
@@ -486,9 +505,9 @@ struct Delimiting {
 }
 
 impl Delimiting {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), &'static str> {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), &'static str> {
         if *name == header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|b| *b == b',') {
+            for part in value.split(|b| *b == b',') {
                 let n = parse_decimal(part.trim_ascii()).ok_or("content-length")?;
                 if self.content_length.is_some_and(|l| l != n) {
                     return Err("conflicting content-length values");
@@ -498,13 +517,8 @@ impl Delimiting {
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if *name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.connection_close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.connection_names_fields = true;
-                }
-            }
+            self.connection_close |= has_token(value, b"close");
+            self.connection_names_fields |= connection_names_fields(value);
         }
         Ok(())
     }
@@ -544,6 +558,18 @@ fn response_framing(
         Some(n) => Framing { body: BodyFraming::Length(n), keep_alive },
         None => Framing { body: BodyFraming::UntilClose, keep_alive: false },
     })
+}
+
+/// Whether a `Connection` value lists anything besides `close` and `keep-alive`: fields that
+/// the hop-by-hop phase must find and remove.
+fn connection_names_fields(value: &[u8]) -> bool {
+    if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+        return false;
+    }
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// Whether a comma-separated field value lists `token` (case-insensitively).
@@ -1037,8 +1063,9 @@ mod tests {
     #[test]
     fn fields_the_proxy_never_reads_skip_the_map_and_are_written_as_they_came() {
         let text = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 21:00:00 GMT\r\nContent-Length: 2\r\n\
-                    Connection: keep-alive\r\nSet-Cookie: app=1\r\nCache-Control: max-age=5\r\nX-App: a\r\nx-app: b\r\n\r\nok";
-        let (resp, _, passed) = parse_response_head(
+                    Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nSet-Cookie: app=1\r\nCache-Control: max-age=5\r\n\
+                    Proxy-Authenticate: Basic\r\nX-App: a\r\nx-app: b\r\n\r\nok";
+        let (resp, f, passed) = parse_response_head(
             &mut BytesMut::from(text),
             &Method::GET,
             &mut NameCache::default(),
@@ -1046,8 +1073,11 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        assert!(f.keep_alive);
+        // Hop-by-hop fields that name nothing else are dropped here (the hop-by-hop phase removes
+        // them anyway); the others stay in the map for the phases that read or remove them.
         let kept: Vec<_> = resp.headers().keys().map(HeaderName::as_str).collect();
-        assert_eq!(kept, ["content-length", "connection", "set-cookie", "cache-control"]);
+        assert_eq!(kept, ["content-length", "set-cookie", "cache-control", "proxy-authenticate"]);
         assert!(passed.has_date() && passed.contains(&HeaderName::from_static("x-app")));
         let mut out = Vec::new();
         passed.write_h1(&mut out);

@@ -239,7 +239,7 @@ fn parse_request_head(buf: &mut BytesMut, names: &mut NameCache, fields: &mut Fi
         names,
         2,
         |name, value| {
-            seen.note(name, value.as_bytes());
+            seen.note(name, value);
             Ok(())
         },
         None,

@@ -572,7 +572,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// At most 8 (`strip_hop_by_hop` keeps one bit per name); its match lists the same names.
-static HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
