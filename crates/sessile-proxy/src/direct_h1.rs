@@ -562,7 +562,7 @@ fn response_framing(
 
 /// Whether a `Connection` value lists anything besides `close` and `keep-alive`: fields that
 /// the hop-by-hop phase must find and remove.
-fn connection_names_fields(value: &[u8]) -> bool {
+pub(crate) fn connection_names_fields(value: &[u8]) -> bool {
     if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
         return false;
     }

@@ -608,8 +608,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Noted {
         match name.as_str() {
             "connection" => {
                 present |= 1; // bit 0: `HOP_BY_HOP[0]`
-                let v = value.as_bytes();
-                connection_lists_names |= !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close");
+                connection_lists_names |= crate::direct_h1::connection_names_fields(value.as_bytes());
             }
             "te" => te = true,
             "x-forwarded-for" => noted.forwarded_for = true,
