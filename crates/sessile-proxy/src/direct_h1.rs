@@ -304,7 +304,7 @@ impl Fields {
                 match PassedFields::place(&name, &head[range.clone()]) {
                     Place::Map => {}
                     Place::Passed => {
-                        passed.push(name, value, f.value_len);
+                        passed.fields.push((name, value as u32, f.value_len));
                         continue;
                     }
                     Place::Dropped => continue,
@@ -344,7 +344,6 @@ enum Place {
 pub struct PassedFields {
     head: Bytes,
     fields: Vec<(HeaderName, u32, u32)>,
-    has_date: bool,
 }
 
 impl PassedFields {
@@ -370,16 +369,7 @@ impl PassedFields {
     }
 
     fn new() -> PassedFields {
-        PassedFields {
-            head: Bytes::new(),
-            fields: PASSED_LISTS.with(HotPool::take).unwrap_or_default(),
-            has_date: false,
-        }
-    }
-
-    fn push(&mut self, name: HeaderName, value: usize, value_len: u32) {
-        self.has_date |= name == header::DATE;
-        self.fields.push((name, value as u32, value_len));
+        PassedFields { head: Bytes::new(), fields: PASSED_LISTS.with(HotPool::take).unwrap_or_default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -388,7 +378,7 @@ impl PassedFields {
 
     /// Whether the backend sent a `Date` field (the writer adds one otherwise).
     pub fn has_date(&self) -> bool {
-        self.has_date
+        self.contains(&header::DATE)
     }
 
     /// Whether a field of this name is here.
@@ -416,7 +406,6 @@ impl PassedFields {
                 headers.append(name, value);
             }
         }
-        self.has_date = false;
         self.head = Bytes::new();
     }
 }
